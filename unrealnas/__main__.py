@@ -1,0 +1,3 @@
+from unrealnas.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Command line: ``unrealnas <verb> [hydra overrides...]``.
+
+Every verb composes the same Hydra config (``conf/``) and calls one library function; user
+errors print one line and exit 2 (``UNREALNAS_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from collections.abc import Callable
+
+from unrealnas.errors import UserError
+
+# verb -> (module, function, one-line help). Modules are imported lazily so that
+# `unrealnas --help` and config errors do not pay for importing torch.
+VERBS: dict[str, tuple[str, str, str]] = {
+    "config": ("unrealnas.commands", "cmd_config", "print the composed config (every key and its value)"),
+    "generate": ("unrealnas.commands", "cmd_generate", "generate an unreal dataset: data=rlrn|rlgd|rlrd|cifar10 seed=N"),
+    "verify": ("unrealnas.commands", "cmd_verify", "verify every shard of a dataset folder: verify <folder>"),
+    "export-ffcv": ("unrealnas.commands", "cmd_export_ffcv", "write an FFCV .beton beside a dataset: export-ffcv <folder>"),
+    "inspect": ("unrealnas.commands", "cmd_inspect", "print a dataset's manifest summary and label histogram"),
+    "search": ("unrealnas.commands", "cmd_search", "run a DARTS/SGAS search: search=darts|darts2|sgas_c1|sgas_c2"),
+    "bench": ("unrealnas.commands", "cmd_bench", "benchmarks: bench data | bench search"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: unrealnas <verb> [args] [key=value overrides...]", "", "verbs:"]
+    lines += [f"  {v:<12} {h}" for v, (_, _, h) in VERBS.items()]
+    lines += ["", "examples:", "  unrealnas generate data=rlgd data.num_classes=5000 seed=0",
+              "  unrealnas search search=darts data=rlrn seed=3 preset=smoke"]
+    return "\n".join(lines)
+
+
+def _resolve(verb: str) -> Callable[[list[str]], int]:
+    module, func, _ = VERBS[verb]
+    return getattr(importlib.import_module(module), func)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``unrealnas`` console command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    verb, args = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    try:
+        rc = _resolve(verb)(args)
+        return int(rc or 0)
+    except UserError as e:
+        if os.environ.get("UNREALNAS_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to resume from disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""The CLI verbs: each turns arguments into a config and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from unrealnas.config import compose_config
+from unrealnas.config.compose import to_yaml
+from unrealnas.errors import UserError
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments vs Hydra overrides (``key=value``, ``+key=value``, ``~key``)."""
+    positional = [a for a in args if "=" not in a and not a.startswith(("~", "+"))]
+    overrides = [a for a in args if a not in positional]
+    return positional, overrides
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cmd_config(args: list[str]) -> int:
+    """Print the composed config."""
+    _, overrides = _split_args(args)
+    print(to_yaml(compose_config(overrides)), end="")
+    return 0
+
+
+def cmd_generate(args: list[str]) -> int:
+    """Generate the dataset the config describes and print its folder."""
+    from unrealnas.data.generators import generate_dataset
+
+    positional, overrides = _split_args(args)
+    if positional:
+        raise UserError(f"generate takes only key=value overrides, got {' '.join(positional)}")
+    cfg = compose_config(overrides)
+    t0 = time.perf_counter()
+    folder = generate_dataset(cfg, progress=_say)
+    _say(f"dataset ready in {time.perf_counter() - t0:.1f}s")
+    print(folder)
+    return 0
+
+
+def _one_folder(verb: str, args: list[str]) -> tuple[Path, list[str]]:
+    positional, overrides = _split_args(args)
+    if len(positional) != 1:
+        raise UserError(f"usage: unrealnas {verb} <dataset folder> [key=value...]")
+    return Path(positional[0]), overrides
+
+
+def cmd_verify(args: list[str]) -> int:
+    """Verify every shard of a dataset folder (size, sha256, HDF5 structure)."""
+    from unrealnas.data.store import verify_dataset
+
+    folder, _ = _one_folder("verify", args)
+    manifest = verify_dataset(folder)
+    shards = sum(len(s["shards"]) for s in manifest["splits"].values())
+    images = sum(s["num_images"] for s in manifest["splits"].values())
+    print(f"ok: {folder} ({manifest['kind']}, {images} images in {shards} shards, all sha256 match)")
+    return 0
+
+
+def cmd_inspect(args: list[str]) -> int:
+    """Summarise a dataset: kind, sizes, label histogram statistics."""
+    import numpy as np
+
+    from unrealnas.data.store import read_split
+
+    folder, _ = _one_folder("inspect", args)
+    arrays = read_split(folder, "train")
+    from unrealnas.data.store import load_manifest
+
+    manifest = load_manifest(folder)
+    counts = np.bincount(arrays["labels"], minlength=manifest["num_classes"])
+    x = arrays["images"].astype(np.float64)
+    summary = {"name": manifest["name"], "kind": manifest["kind"], "label": manifest["label"],
+               "num_classes": manifest["num_classes"], "seed": manifest["seed"], "images": int(len(x)),
+               "shape": manifest["shape"], "dtype": manifest["dtype"], "pixel_mean": float(x.mean()),
+               "pixel_std": float(x.std()), "labels_min_count": int(counts.min()), "labels_max_count": int(counts.max())}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_export_ffcv(args: list[str]) -> int:
+    """Write an FFCV .beton file beside the shards of a dataset."""
+    from unrealnas.data.ffcv_store import export_ffcv
+
+    folder, _ = _one_folder("export-ffcv", args)
+    path = export_ffcv(folder, progress=_say)
+    print(path)
+    return 0
+
+
+def cmd_search(args: list[str]) -> int:
+    """Run (or resume) one architecture search."""
+    from unrealnas.search.run import run_search
+
+    positional, overrides = _split_args(args)
+    if positional:
+        raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
+    run_dir = run_search(compose_config(overrides), progress=_say)
+    print(run_dir)
+    return 0
+
+
+def cmd_bench(args: list[str]) -> int:
+    """Run a benchmark: ``bench data`` or ``bench search``."""
+    positional, overrides = _split_args(args)
+    what = positional[0] if positional else "data"
+    if what == "data":
+        from unrealnas.benchmarks.data import main as bench_main
+    elif what == "search":
+        from unrealnas.benchmarks.search import main as bench_main
+    else:
+        raise UserError(f"unknown benchmark {what!r}; choose data or search")
+    return bench_main(overrides)

@@ -1,0 +1,112 @@
+"""Compose the Hydra config from ``conf/`` plus command-line overrides, then validate it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from unrealnas.errors import ConfigError
+
+DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100")
+SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
+SPLITS = ("same_flipped", "other_half")
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder: $UNREALNAS_CONF, else the one beside the package."""
+    env = os.environ.get("UNREALNAS_CONF")
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"config folder {path} has no config.yaml; set UNREALNAS_CONF to the repo's conf/ folder")
+    return path
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra overrides; wrong keys, types or values raise ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from unrealnas.config.schema import register_schemas
+
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_one_line(e)) from e
+    finally:
+        GlobalHydra.instance().clear()
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def _one_line(e: BaseException) -> str:
+    """One line from a Hydra/OmegaConf error: the root cause, its key, and the valid choices if listed."""
+    root = e
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(root).strip()
+    first = text.splitlines()[0] if text else type(root).__name__
+    key = getattr(root, "full_key", None)
+    if key and key not in first:
+        first = f"{first} (key: {key})"
+    if "Available options in" in text:
+        options = [ln.strip() for ln in text.split("Available options in", 1)[1].splitlines()[1:]]
+        options = [o for o in options if o and not o.startswith(("Config search path", "provider="))]
+        first = f"{first}; available: {', '.join(options)}"
+    elif "not in" in first:
+        first = f"{first}; run 'unrealnas config' to see every key and its default"
+    return f"config: {first}"
+
+
+def _check(cond: bool, key: str, value, fix: str) -> None:
+    if not cond:
+        raise ConfigError(f"config: {key}={value!r} is invalid: {fix}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Range and choice checks the type system cannot express."""
+    d = cfg.data
+    _check(d.name in DATA_NAMES, "data.name", d.name, f"choose one of {', '.join(DATA_NAMES)}")
+    _check(d.label in ("random", "true"), "data.label", d.label, "choose random or true")
+    _check(2 <= d.num_classes <= 100_000, "data.num_classes", d.num_classes, "use a class count from 2 to 100000")
+    _check(d.num_images is None or d.num_images >= 2, "data.num_images", d.num_images, "use at least 2 images")
+    _check(4 <= d.resolution <= 4096, "data.resolution", d.resolution, "use a resolution from 4 to 4096 px")
+    _check(d.channels in (1, 3), "data.channels", d.channels, "use 1 or 3 channels")
+    _check(d.shard_size >= 1, "data.shard_size", d.shard_size, "use at least 1 image per shard")
+    _check(d.noise_dtype in ("float16", "float32"), "data.noise_dtype", d.noise_dtype, "choose float16 or float32")
+    _check(d.source in ("cifar10", "cifar100"), "data.source", d.source, "choose cifar10 or cifar100")
+    f = d.fractal
+    _check(2 <= f.min_maps <= f.max_maps, "data.fractal.min_maps", f.min_maps, "need 2 <= min_maps <= max_maps")
+    _check(0.0 < f.filling_rate < 1.0, "data.fractal.filling_rate", f.filling_rate, "use a rate in (0, 1)")
+    _check(f.num_categories >= 1, "data.fractal.num_categories", f.num_categories, "use at least 1 category")
+    _check(f.search_points >= 100, "data.fractal.search_points", f.search_points, "use at least 100 points")
+    _check(f.render_points >= 0, "data.fractal.render_points", f.render_points, "use 0 (auto) or a positive count")
+    _check(f.search_canvas > 2 * f.search_pad, "data.fractal.search_canvas", f.search_canvas, "must exceed 2*search_pad")
+    s = cfg.search
+    _check(s.method in SEARCH_METHODS, "search.method", s.method, f"choose one of {', '.join(SEARCH_METHODS)}")
+    _check(s.split is None or s.split in SPLITS, "search.split", s.split, f"choose one of {', '.join(SPLITS)}")
+    _check(0.0 < s.train_portion <= 1.0, "search.train_portion", s.train_portion, "use a fraction in (0, 1]")
+    _check(s.layers >= 3, "search.layers", s.layers, "use at least 3 cells (two are reductions)")
+    _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")
+    _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
+    _check(s.alpha_init in ("zeros", "randn"), "search.alpha_init", s.alpha_init, "choose zeros or randn")
+    _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
+    _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")
+    _check(s.channels_last in ("auto", "on", "off"), "search.channels_last", s.channels_last, "choose auto, on or off")
+    _check(cfg.launcher.name in ("local", "slurm"), "launcher.name", cfg.launcher.name, "choose local or slurm")
+    _check(cfg.format in ("text", "json"), "format", cfg.format, "choose text or json")
+    dev = str(cfg.device)
+    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "choose auto, cpu, cuda or cuda:N")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (written into every run directory)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,153 @@
+"""Dataclass schemas for every config group; a typo in a key or a wrong type fails at start-up.
+
+Each key is defined once here with its default and a one-line comment. The YAML files in
+``conf/`` only choose between presets; the paper's values are the defaults below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class PathsConfig:
+    data: str = "./datasets"  # folder that holds generated datasets (one sub-folder each)
+    runs: str = "./runs"  # folder that holds run directories (runs/search/<id>, runs/train/<id>)
+
+
+@dataclass
+class FractalConfig:
+    num_categories: int = 100  # FracDB-100: fractal categories (IFS systems)
+    min_maps: int = 2  # affine maps per IFS system: uniform in [min_maps, max_maps]
+    max_maps: int = 7
+    filling_rate: float = 0.2  # accept a system when lit pixels / all pixels >= this
+    search_points: int = 100_000  # chaos-game points used to measure the filling rate
+    search_canvas: int = 512  # canvas (px) on which the filling rate is measured (reference)
+    search_pad: int = 6  # border (px) left when the point cloud is rescaled into a canvas
+    render_points: int = 0  # points per rendered image; 0 = scale 200k points at 362 px to the resolution
+    weight_step: float = 0.4  # k of the weight rows (1-2k, 1-k, 1+k, 1+2k); the reference default is 0.1
+    patch: bool = True  # draw each point as a 3x3 patch with a random non-empty mask (FractalDB)
+    color: bool = True  # random colour per image (False: gray)
+    flips: bool = True  # random horizontal/vertical flips per instance
+    max_tries: int = 200_000  # give up the category search after this many rejected systems
+
+
+@dataclass
+class DataConfig:
+    name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 (true labels)
+    label: str = "random"  # random (uniform, drawn once per dataset and seed) | true
+    num_classes: int = 5000  # random-label classes (2..100000); ignored for true labels
+    num_images: Optional[int] = 50_000  # images in the train split; null = all of the source
+    resolution: int = 32  # image height = width (px)
+    channels: int = 3  # image channels
+    shard_size: int = 10_000  # images per HDF5 shard (does not change any byte of the data)
+    noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
+    root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
+    source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100
+    id: Optional[str] = None  # dataset folder name under paths.data; null = derived from the parameters
+    verify_on_load: bool = True  # check every shard's size and sha256 before training on it
+    fractal: FractalConfig = field(default_factory=FractalConfig)
+
+
+@dataclass
+class SGASConfig:
+    criterion: int = 1  # 1 = importance x certainty; 2 = also x stability
+    warmup_dec_epoch: int = 9  # first decision at this epoch
+    decision_freq: int = 5  # then one decision every this many epochs
+    history_size: int = 4  # epochs of history for the stability criterion
+    batch_increase: int = 8  # batch size grows by this after each decision
+
+
+@dataclass
+class SearchConfig:
+    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2
+    layers: int = 8  # cells in the supernet
+    init_channels: int = 16  # channels of the first cell
+    nodes: int = 4  # intermediate nodes per cell
+    stem_multiplier: int = 3
+    batch_size: int = 64
+    warmup_epochs: int = 5  # epochs with frozen alphas (weights only)
+    epochs: int = 50  # search epochs after the warm-up
+    lr: float = 0.025  # SGD learning rate of the weights, cosine-annealed
+    lr_min: float = 0.0  # end of the cosine schedule (paper 0; reference 0.001)
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None  # null = 0 for random labels, 3e-4 for true labels
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4  # Adam learning rate of the alphas
+    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # paper text: (0.5, 0.99)
+    arch_weight_decay: Optional[float] = None  # null = 0 for random labels, 1e-3 for true labels
+    alpha_init: str = "zeros"  # zeros (UnrealNAS) | randn (reference: 1e-3 * randn)
+    split: Optional[str] = None  # same_flipped | other_half; null = same_flipped for random labels
+    train_portion: float = 0.5  # fraction of the train split used for the weight step
+    sgas: SGASConfig = field(default_factory=SGASConfig)
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    compile: bool = False  # torch.compile the supernet
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
+    deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
+
+
+@dataclass
+class TrainConfig:
+    target: str = "cifar10"  # cifar10 | cifar100 | imagenet | chexpert | digits
+    layers: int = 20
+    init_channels: int = 36
+    epochs: int = 500
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_min: float = 0.0
+    schedule: str = "cosine"  # cosine | exp (x lr_gamma per epoch)
+    lr_gamma: float = 0.97
+    warmup_epochs: int = 0  # linear warm-up epochs
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    auxiliary_weight: float = 0.4  # 0 disables the auxiliary head
+    drop_path: float = 0.2
+    cutout: int = 16  # cutout length (px); 0 disables
+    label_smoothing: float = 0.0
+    resolution: int = 32
+    root: Optional[str] = None  # dataset root of the target
+    amp: str = "auto"
+    channels_last: str = "auto"
+    num_workers: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)  # target-specific options
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"  # local | slurm
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time_min: int = 24 * 60
+    nodes: int = 1
+    gpus_per_node: int = 1
+    tasks_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: Optional[int] = None
+    array_parallelism: int = 64
+    folder: str = "${paths.runs}/slurm"
+    extra: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_additional_parameters
+
+
+@dataclass
+class Config:
+    preset: str = "paper"  # paper (the paper's sizes) | smoke (seconds to minutes on 2 CPU cores)
+    seed: int = 0  # master seed; every random stream is derived from it
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
+    format: str = "text"  # output format of inspection commands: text | json
+
+
+def register_schemas() -> None:
+    """Register the root schema in Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,1 @@
+"""Unreal and real datasets: generators, sources, shard stores and loaders."""

@@ -1,0 +1,190 @@
+"""Dataset generators, one registry: each is a pure function of (config, seed) -> arrays.
+
+- ``rlrn``: every pixel and channel i.i.d. N(0, 1), uniform random labels.
+- ``rlgd``: FracDB-style IFS fractals (see ``fractal.py``), uniform random labels, category kept.
+- ``rlrd``: real CIFAR train images, uniform random labels, source index kept.
+- ``cifar10`` / ``cifar100``: the real-label control (true labels).
+
+Random streams are derived from the master seed with ``np.random.SeedSequence([seed, STREAM, ...])``
+and generated in fixed blocks, so the bytes do not depend on the shard size or on workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from unrealnas.data import cifar
+from unrealnas.data.store import SplitPlan, write_dataset
+from unrealnas.errors import DataError
+
+LABEL_STREAM = 1
+NOISE_STREAM = 2
+NOISE_BLOCK = 1024  # images per noise random stream: fixed, so that shard size never changes bytes
+
+
+def random_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
+    """Uniform labels in [0, num_classes), drawn once per (dataset size, classes, seed)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, LABEL_STREAM, num_classes]))
+    return rng.integers(0, num_classes, size=num_images, dtype=np.int64)
+
+
+def gaussian_noise(start: int, stop: int, shape: tuple[int, int, int], seed: int, dtype: str) -> np.ndarray:
+    """Images [start, stop) of an i.i.d. N(0,1) dataset, independent of how the range is chunked."""
+    out = np.empty((stop - start, *shape), dtype=dtype)
+    per_image = int(np.prod(shape))
+    for block in range(start // NOISE_BLOCK, (stop - 1) // NOISE_BLOCK + 1):
+        b0 = block * NOISE_BLOCK
+        lo, hi = max(start, b0), min(stop, b0 + NOISE_BLOCK)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, NOISE_STREAM, block]))
+        # draw the whole block (float32) so image i always gets the same numbers
+        values = rng.standard_normal((hi - b0) * per_image, dtype=np.float32)
+        out[lo - start:hi - start] = values[(lo - b0) * per_image:].reshape(hi - lo, *shape).astype(dtype)
+    return out
+
+
+@dataclass
+class DatasetSpec:
+    """Everything needed to write one dataset: manifest header and the split plans."""
+
+    header: dict[str, Any]
+    splits: list[SplitPlan] = field(default_factory=list)
+
+
+GENERATORS: dict[str, Callable[[DictConfig, int], DatasetSpec]] = {}
+
+
+def register_generator(name: str):
+    """Decorator: add a dataset builder to the registry."""
+    def wrap(fn):
+        GENERATORS[name] = fn
+        return fn
+    return wrap
+
+
+def get_generator(name: str) -> Callable[[DictConfig, int], DatasetSpec]:
+    """Look up a generator by name; unknown names list the valid ones."""
+    if name not in GENERATORS:
+        raise DataError(f"unknown dataset generator {name!r}; choose one of {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[name]
+
+
+def _header(cfg: DictConfig, seed: int, kind: str, label: str, num_classes: int, shape, dtype: str,
+            normalization: dict | None, params: dict, extras: list[str]) -> dict[str, Any]:
+    return {"name": None, "kind": kind, "label": label, "seed": int(seed), "num_classes": int(num_classes),
+            "shape": [int(s) for s in shape], "dtype": dtype, "normalization": normalization,
+            "params": params, "extras": extras}
+
+
+@register_generator("rlrn")
+def build_rlrn(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """RLRN: Gaussian noise images with uniform random labels."""
+    n, res, ch = int(cfg.num_images or 50_000), cfg.resolution, cfg.channels
+    shape = (res, res, ch)
+    labels = random_labels(n, cfg.num_classes, seed)
+    header = _header(cfg, seed, "rlrn", "random", cfg.num_classes, shape, cfg.noise_dtype, None,
+                     {"num_images": n, "resolution": res, "channels": ch, "noise_dtype": cfg.noise_dtype}, [])
+    block = lambda a, b: {"images": gaussian_noise(a, b, shape, seed, cfg.noise_dtype), "labels": labels[a:b]}  # noqa: E731
+    return DatasetSpec(header, [SplitPlan("train", n, block)])
+
+
+@register_generator("rlgd")
+def build_rlgd(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """RLGD: FracDB-style fractal images with uniform random labels (category kept as metadata)."""
+    from unrealnas.data.fractal import render_fractals, search_categories
+
+    fcfg = OmegaConf.to_object(cfg.fractal) if isinstance(cfg.fractal, DictConfig) else cfg.fractal
+    n, res, ch = int(cfg.num_images or 60_000), cfg.resolution, cfg.channels
+    systems = search_categories(fcfg, seed)
+    labels = random_labels(n, cfg.num_classes, seed)
+    params = {"num_images": n, "resolution": res, "channels": ch, "fractal": OmegaConf.to_container(cfg.fractal)}
+    header = _header(cfg, seed, "rlgd", "random", cfg.num_classes, (res, res, ch), "uint8",
+                     {"mean": list(cifar.CIFAR10_MEAN), "std": list(cifar.CIFAR10_STD)}, params, ["category"])
+    header["systems"] = [s.to_json() for s in systems]
+
+    def block(a: int, b: int) -> dict[str, np.ndarray]:
+        images, category = render_fractals(systems, np.arange(a, b), fcfg, res, ch, seed)
+        return {"images": images, "labels": labels[a:b], "category": category}
+
+    return DatasetSpec(header, [SplitPlan("train", n, block)])
+
+
+def _build_cifar(cfg: DictConfig, seed: int, source: str, random_label: bool) -> DatasetSpec:
+    data = cifar.read_cifar(cfg.root, source, "train")
+    n_src = len(data.images)
+    n = n_src if cfg.num_images is None else int(cfg.num_images)
+    if n > n_src:
+        raise DataError(f"data.num_images={n} exceeds the {n_src} images of {source} train; lower it or set null")
+    if cfg.resolution != 32 or cfg.channels != 3:
+        raise DataError(f"{source} images are 32x32x3; set data.resolution=32 data.channels=3")
+    num_classes = cfg.num_classes if random_label else data.num_classes
+    labels = random_labels(n, num_classes, seed) if random_label else data.labels[:n]
+    mean, std = (cifar.CIFAR10_MEAN, cifar.CIFAR10_STD) if source == "cifar10" else (cifar.CIFAR100_MEAN, cifar.CIFAR100_STD)
+    params = {"num_images": n, "source": source, "source_official": data.official,
+              "source_sha256": hashlib.sha256(data.images[:n].tobytes() + data.labels[:n].tobytes()).hexdigest()}
+    kind = "rlrd" if random_label else source
+    header = _header(cfg, seed, kind, "random" if random_label else "true", num_classes, (32, 32, 3), "uint8",
+                     {"mean": list(mean), "std": list(std)}, params, ["source_index"])
+    images = data.images
+
+    def block(a: int, b: int) -> dict[str, np.ndarray]:
+        return {"images": images[a:b], "labels": labels[a:b], "source_index": np.arange(a, b, dtype=np.int64)}
+
+    return DatasetSpec(header, [SplitPlan("train", n, block)])
+
+
+@register_generator("rlrd")
+def build_rlrd(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """RLRD: real CIFAR train images with uniform random labels."""
+    return _build_cifar(cfg, seed, cfg.source, random_label=True)
+
+
+@register_generator("cifar10")
+def build_cifar10(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """Real-label control: CIFAR-10 train images with their true labels."""
+    return _build_cifar(cfg, seed, "cifar10", random_label=False)
+
+
+@register_generator("cifar100")
+def build_cifar100(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """CIFAR-100 train images with their true labels."""
+    return _build_cifar(cfg, seed, "cifar100", random_label=False)
+
+
+def dataset_id(data_cfg: DictConfig, seed: int) -> str:
+    """Folder name of a dataset: readable prefix plus a hash of every parameter that changes its bytes."""
+    if data_cfg.get("id"):
+        return str(data_cfg.id)
+    keys = dict(OmegaConf.to_container(data_cfg, resolve=True))
+    for k in ("id", "shard_size", "verify_on_load", "root"):
+        keys.pop(k, None)
+    if keys["name"] != "rlgd":
+        keys.pop("fractal", None)
+    if keys["name"] != "rlrn":
+        keys.pop("noise_dtype", None)
+    if keys["label"] == "true":
+        keys.pop("num_classes", None)
+    digest = hashlib.sha256(json.dumps([keys, int(seed)], sort_keys=True).encode()).hexdigest()[:8]
+    classes = "" if keys["label"] == "true" else f"-c{data_cfg.num_classes}"
+    return f"{data_cfg.name}{classes}-s{seed}-{digest}"
+
+
+def dataset_dir(cfg: DictConfig) -> Path:
+    """Folder of the dataset the config describes: ``<paths.data>/<dataset_id>``."""
+    return Path(cfg.paths.data) / dataset_id(cfg.data, cfg.seed)
+
+
+def generate_dataset(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Generate (or resume, or find complete) the dataset described by ``cfg``; returns its folder."""
+    spec = get_generator(cfg.data.name)(cfg.data, int(cfg.seed))
+    folder = dataset_dir(cfg)
+    spec.header["name"] = folder.name
+    write_dataset(folder, spec.header, spec.splits, int(cfg.data.shard_size), progress)
+    return folder

@@ -1,0 +1,27 @@
+"""The DARTS search space: op registry, genotypes, supernet, DARTS and SGAS search steps.
+
+``ops`` and ``genotype`` are light (no supernet); import the heavier modules explicitly:
+``from unrealnas.nas.supernet import SuperNet``, ``from unrealnas.nas.darts import Architect``,
+``from unrealnas.nas.sgas import SGASState``.
+"""
+
+from unrealnas.nas.genotype import (
+    KNOWN_GENOTYPES,
+    Genotype,
+    count_skips,
+    derive_genotype,
+    get_known_genotype,
+)
+from unrealnas.nas.ops import OPS, PRIMITIVES, get_op, register_op
+
+__all__ = [
+    "KNOWN_GENOTYPES",
+    "OPS",
+    "PRIMITIVES",
+    "Genotype",
+    "count_skips",
+    "derive_genotype",
+    "get_known_genotype",
+    "get_op",
+    "register_op",
+]
