@@ -74,6 +74,8 @@ def _check(cond: bool, key: str, value, fix: str) -> None:
 def validate_config(cfg: DictConfig) -> None:
     """Range and choice checks the type system cannot express."""
     d = cfg.data
+    # YAML and the command line read an unquoted `true` as a boolean, which OmegaConf stores as "True"
+    d.label = str(d.label).lower()
     _check(d.name in DATA_NAMES, "data.name", d.name, f"choose one of {', '.join(DATA_NAMES)}")
     _check(d.label in ("random", "true"), "data.label", d.label, "choose random or true")
     _check(2 <= d.num_classes <= 100_000, "data.num_classes", d.num_classes, "use a class count from 2 to 100000")

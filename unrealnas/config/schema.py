@@ -92,28 +92,39 @@ class SearchConfig:
 
 @dataclass
 class TrainConfig:
-    target: str = "cifar10"  # cifar10 | cifar100 | imagenet | chexpert | digits
-    layers: int = 20
-    init_channels: int = 36
-    epochs: int = 500
-    batch_size: int = 96
-    lr: float = 0.025
-    lr_min: float = 0.0
-    schedule: str = "cosine"  # cosine | exp (x lr_gamma per epoch)
-    lr_gamma: float = 0.97
-    warmup_epochs: int = 0  # linear warm-up epochs
+    target: str = "cifar10"  # cifar10 | cifar100 | imagenet | chexpert
+    net: str = "auto"  # cifar | imagenet stem; auto = cifar for CIFAR targets, imagenet otherwise
+    layers: int = 20  # cells (reductions at layers//3 and 2*layers//3)
+    init_channels: int = 36  # channels of the first cell
+    epochs: int = 500  # paper 500 (reference 600)
+    batch_size: int = 96  # GLOBAL batch, split evenly over the DDP ranks
+    optimizer: str = "sgd"  # sgd (momentum, nesterov off) | adam (CheXpert transfer protocol)
+    lr: float = 0.025  # learning rate at lr_ref_batch (or as is when lr_ref_batch is null)
+    lr_ref_batch: Optional[int] = None  # linear scaling: lr_used = lr * global_batch / lr_ref_batch
+    lr_min: float = 0.0  # end of the cosine schedule
+    schedule: str = "cosine"  # cosine (to lr_min) | exp (x lr_gamma per epoch) | constant
+    lr_gamma: float = 0.97  # per-epoch decay of the exp schedule
+    warmup_epochs: int = 0  # linear warm-up epochs before the schedule (ImageNet reference: 5)
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    auxiliary_weight: float = 0.4  # 0 disables the auxiliary head
-    drop_path: float = 0.2
+    grad_clip: float = 5.0  # max global grad norm; 0 disables
+    auxiliary_weight: float = 0.4  # weight of the auxiliary head's loss; 0 removes the head
+    drop_path: float = 0.2  # final drop-path probability, ramped linearly from 0 over the epochs
     cutout: int = 16  # cutout length (px); 0 disables
     label_smoothing: float = 0.0
-    resolution: int = 32
-    root: Optional[str] = None  # dataset root of the target
-    amp: str = "auto"
-    channels_last: str = "auto"
-    num_workers: int = 4
+    resolution: int = 32  # input side (px): CIFAR keeps 32; ImageNet crop; CheXpert resize
+    root: Optional[str] = None  # dataset root of the target (CIFAR falls back to data.root)
+    max_images: Optional[int] = None  # use only the first N training images (smoke runs, benchmarks)
+    max_eval_images: Optional[int] = None  # evaluate on the first N validation images only
+    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
+    uncertainty: str = "u_ones"  # CheXpert -1 labels: u_ones | u_zeros | ignore (masked out of the loss)
+    frontal_only: bool = False  # CheXpert: keep frontal views only
+    pretrained: Optional[str] = None  # CheXpert: ImageNet retrain run dir / checkpoint of the same genotype
+    run_id: Optional[str] = None  # run directory name under paths.runs/train; null = derived
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaler) | off
+    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    deterministic: bool = False  # torch deterministic algorithms
+    num_workers: int = 4  # DataLoader workers per rank (ImageNet, CheXpert)
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific options
 
 

@@ -90,6 +90,8 @@ def _load_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
             entry = pickle.load(f, encoding="latin1")
     except Exception as e:  # pickle raises many types on garbage input
         raise DataError(f"CIFAR file {path} is not a python pickle ({type(e).__name__}); re-extract the archive") from e
+    if isinstance(entry, dict):  # python-2 pickles load with str keys, re-packs may use bytes keys
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
     if not isinstance(entry, dict) or "data" not in entry or label_key not in entry:
         keys = sorted(entry) if isinstance(entry, dict) else type(entry).__name__
         raise DataError(f"CIFAR file {path} lacks 'data'/'{label_key}' (has {keys}); is it the right dataset?")

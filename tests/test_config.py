@@ -1,0 +1,46 @@
+"""Config composition: presets, schema checks, one-line errors."""
+
+import pytest
+
+from unrealnas.config import compose_config
+from unrealnas.errors import ConfigError
+
+
+def test_paper_defaults_match_protocol():
+    cfg = compose_config([])
+    assert cfg.preset == "paper"
+    assert (cfg.search.layers, cfg.search.init_channels, cfg.search.batch_size) == (8, 16, 64)
+    assert (cfg.search.warmup_epochs, cfg.search.epochs) == (5, 50)
+    assert cfg.search.alpha_init == "zeros" and cfg.search.lr == 0.025 and cfg.search.lr_min == 0.0
+    assert list(cfg.search.arch_betas) == [0.5, 0.999] and cfg.search.arch_lr == 3e-4
+    assert cfg.data.name == "rlrn" and cfg.data.num_classes == 5000 and cfg.data.num_images == 50000
+
+
+@pytest.mark.parametrize("data,classes", [("rlgd", 5000), ("rlrd", 1000), ("cifar10", 10)])
+def test_data_groups(data, classes):
+    cfg = compose_config([f"data={data}"])
+    assert cfg.data.name == data and cfg.data.num_classes == classes
+
+
+def test_smoke_preset_is_small():
+    cfg = compose_config(["preset=smoke", "data=rlgd"])
+    assert cfg.preset == "smoke" and cfg.data.num_images <= 1024 and cfg.search.layers <= 8
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("data.num_classse=10", "num_classse"),
+    ("data.num_classes=abc", "data.num_classes"),
+    ("data=nope", "available: cifar10"),
+    ("preset=huge", "available: paper, smoke"),
+    ("data.num_classes=1", "from 2 to"),
+    ("data.resolution=0", "data.resolution"),
+    ("search.method=enas", "darts, darts2, sgas_c1, sgas_c2"),
+    ("search.split=random", "same_flipped"),
+    ("data.fractal.filling_rate=1.5", "filling_rate"),
+    ("device=tpu", "device"),
+])
+def test_bad_values_fail_with_one_line(override, needle):
+    with pytest.raises(ConfigError) as e:
+        compose_config([override])
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
