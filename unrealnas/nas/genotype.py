@@ -180,10 +180,10 @@ def _derive_cell(probs: np.ndarray, nodes: int, edge_ops: Sequence[int] | None,
     gene: list[Pair] = []
     for node, edges in enumerate(node_edge_ranges(nodes)):
         ops = [UNDECIDED] * len(edges) if edge_ops is None else [int(edge_ops[e]) for e in edges]
-        decided = [e for e, o in zip(edges, ops) if o not in (UNDECIDED, NONE_INDEX)]
+        decided = [e for e, o in zip(edges, ops, strict=True) if o not in (UNDECIDED, NONE_INDEX)]
         if len(decided) > 2:
             raise ValueError(f"node {node} has {len(decided)} decided edges; at most 2 allowed")
-        candidates = [e for e, o in zip(edges, ops) if o == UNDECIDED]
+        candidates = [e for e, o in zip(edges, ops, strict=True) if o == UNDECIDED]
         # Stable sort: ties go to the lower edge index, as in the reference's sorted().
         chosen = sorted(candidates, key=lambda e: -strength[e])[: 2 - len(decided)]
         if len(decided) + len(chosen) < 2:

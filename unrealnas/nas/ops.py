@@ -187,7 +187,11 @@ def _dil_conv_5x5(C: int, stride: int, affine: bool) -> nn.Module:
 
 
 PRIMITIVES: tuple[str, ...] = tuple(OPS)
-"""The candidate op names in search-space order (alpha column k is ``PRIMITIVES[k]``)."""
+"""The candidate op names in search-space order (alpha column k is ``PRIMITIVES[k]``).
+
+Taken from the registry once, at import: alpha shapes and saved alphas depend on it, so the search
+space is the ops registered in this module (``register_op`` elsewhere only adds retrain-time ops).
+"""
 
 NONE_INDEX: int = PRIMITIVES.index("none")
 POOLING_OPS: frozenset[str] = frozenset({"max_pool_3x3", "avg_pool_3x3"})
