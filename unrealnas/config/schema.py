@@ -27,10 +27,10 @@ class FractalConfig:
     search_points: int = 100_000  # chaos-game points used to measure the filling rate
     search_canvas: int = 512  # canvas (px) on which the filling rate is measured (reference)
     search_pad: int = 6  # border (px) left when the point cloud is rescaled into a canvas
-    render_points: int = 0  # points per rendered image; 0 = scale 200k points at 362 px to the resolution
+    render_points: int = 0  # points per image; 0 = reference density, 200k * (res / 362)^2 (1563 at 32 px)
     weight_step: float = 0.4  # k of the weight rows (1-2k, 1-k, 1+k, 1+2k); the reference default is 0.1
     patch: bool = True  # draw each point as a 3x3 patch with a random non-empty mask (FractalDB)
-    color: bool = True  # random colour per image (False: gray)
+    color: bool = True  # hue wheel over the points, random offset per image (reference); False: gray 127
     flips: bool = True  # random horizontal/vertical flips per instance
     max_tries: int = 200_000  # give up the category search after this many rejected systems
 
@@ -69,6 +69,7 @@ class SearchConfig:
     nodes: int = 4  # intermediate nodes per cell
     stem_multiplier: int = 3
     batch_size: int = 64
+    resolution: Optional[int] = None  # resize the stored images to this size for the search (null = as stored)
     warmup_epochs: int = 5  # epochs with frozen alphas (weights only)
     epochs: int = 50  # search epochs after the warm-up
     lr: float = 0.025  # SGD learning rate of the weights, cosine-annealed
@@ -87,6 +88,7 @@ class SearchConfig:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
+    eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)
     deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
 
 

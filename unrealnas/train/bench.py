@@ -1,0 +1,83 @@
+"""Retrain throughput per target: images/s of :func:`train_step` on the target's network, synthetic inputs.
+
+Measures the model side only (forward, backward, clip, SGD/Adam step), at the sizes the
+composed config gives (``preset=paper`` or ``smoke``); data loading is excluded because the CIFAR
+loader is on-device and ImageNet/CheXpert loaders scale with ``train.num_workers``.
+Usage: ``python -m unrealnas.train.bench [key=value ...] [steps=N]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from unrealnas.config import compose_config
+from unrealnas.dist import DistEnv, resolve_device
+from unrealnas.models import build_network, count_params_m
+from unrealnas.nas.genotype import KNOWN_GENOTYPES
+from unrealnas.train.loop import LoopOptions, build_optimizer, train_step
+
+CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "chexpert": 5}
+
+
+def bench_target(target: str, overrides: list[str], steps: int) -> dict:
+    """Images/s of ``steps`` train steps (after 2 warm-up steps) for one target."""
+    cfg = compose_config([f"train={target}", *overrides])
+    t = cfg.train
+    device = resolve_device(str(cfg.device), DistEnv())
+    kind = t.net if t.net != "auto" else ("cifar" if target.startswith("cifar") else "imagenet")
+    side = 32 if target.startswith("cifar") else int(t.resolution)
+    torch.manual_seed(0)
+    model = build_network(kind, KNOWN_GENOTYPES["DARTS_V2"], int(t.init_channels), CLASSES[target], int(t.layers),
+                          auxiliary=t.auxiliary_weight > 0).to(device)
+    model.drop_path_prob = float(t.drop_path) / 2
+    amp = {"auto": "bf16" if device.type == "cuda" else None, "off": None}.get(t.amp, t.amp)
+    cl = device.type == "cuda" and t.channels_last != "off"
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opts = LoopOptions(epochs=1, lr=float(t.lr), optimizer=str(t.optimizer), aux_weight=float(t.auxiliary_weight),
+                       grad_clip=float(t.grad_clip), amp=amp, channels_last=cl)
+    opt = build_optimizer(model, opts)
+    bs = int(t.batch_size)
+    x = torch.randn(bs, 3, side, side, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    multilabel = target == "chexpert"
+    y = (torch.randint(0, 2, (bs, 5), device=device).float() if multilabel
+         else torch.randint(0, CLASSES[target], (bs,), device=device))
+    model.train()
+    for _ in range(2):
+        train_step(model, opt, x, y, opts, multilabel)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(model, opt, x, y, opts, multilabel)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    return {"target": target, "device": str(device), "preset": cfg.preset, "layers": int(t.layers),
+            "init_channels": int(t.init_channels), "resolution": side, "batch": bs,
+            "params_m": round(count_params_m(model), 3), "images_per_s": round(bs * steps / dt, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one JSON line per target."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    steps = 5
+    overrides = []
+    for a in argv:
+        if a.startswith("steps="):
+            steps = int(a.split("=", 1)[1])
+        else:
+            overrides.append(a)
+    for target in CLASSES:
+        print(json.dumps(bench_target(target, overrides, steps)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

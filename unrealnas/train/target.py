@@ -1,0 +1,113 @@
+"""What the training loop needs from a target task, and the registry of targets."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unrealnas.dist import DistEnv
+from unrealnas.errors import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from the master seed and labels (stable across runs, processes and platforms)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+@dataclass
+class TargetSpec:
+    """Explicit arguments for building a target (the config is turned into these at the edge)."""
+
+    root: str | None
+    seed: int
+    device: torch.device
+    env: DistEnv
+    batch_size: int  # global batch
+    resolution: int
+    cutout: int = 0
+    max_images: int | None = None
+    max_eval_images: int | None = None
+    num_workers: int = 0
+    uncertainty: str = "u_ones"
+    frontal_only: bool = False
+
+
+class Target:
+    """A task: its data in a (seed, epoch)-determined order, its output size and metric kind.
+
+    ``train_batches(epoch)`` yields this rank's batches on ``device``; the order and the
+    augmentation draws are functions of (seed, epoch) only, so a resumed run sees the same
+    data as an uninterrupted one.
+    """
+
+    name: str = ""
+    net: str = "cifar"  # default stem: cifar | imagenet
+    num_classes: int = 0
+    multilabel: bool = False
+    label_names: tuple[str, ...] = ()
+    in_channels: int = 3
+    input_size: int = 32
+    num_train: int = 0
+    num_eval: int = 0
+    per_rank_batch: int = 0
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """This rank's training batches of ``epoch``."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """This rank's share of the evaluation split (every image seen by exactly one rank)."""
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch on this rank."""
+        raise NotImplementedError
+
+
+def per_rank_batch(batch_size: int, env: DistEnv) -> int:
+    """Split the global batch over ranks; ConfigError unless it divides evenly."""
+    if batch_size < env.world_size or batch_size % env.world_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} (global) must be a multiple of the {env.world_size} ranks"
+        )
+    return batch_size // env.world_size
+
+
+def _cifar(spec: TargetSpec, name: str) -> Target:
+    from unrealnas.train.cifar import CifarTarget
+
+    return CifarTarget(spec, name)
+
+
+def _imagenet(spec: TargetSpec, name: str) -> Target:
+    from unrealnas.train.imagenet import ImageFolderTarget
+
+    return ImageFolderTarget(spec)
+
+
+def _chexpert(spec: TargetSpec, name: str) -> Target:
+    from unrealnas.train.chexpert import CheXpertTarget
+
+    return CheXpertTarget(spec)
+
+
+TARGETS: dict[str, Callable[[TargetSpec, str], Target]] = {
+    "cifar10": _cifar,
+    "cifar100": _cifar,
+    "imagenet": _imagenet,
+    "chexpert": _chexpert,
+}
+
+
+def build_target(name: str, spec: TargetSpec) -> Target:
+    """Build target ``name``; unknown names raise ConfigError listing the valid ones."""
+    if name not in TARGETS:
+        raise ConfigError(f"unknown train.target {name!r}; choose one of {', '.join(TARGETS)}")
+    return TARGETS[name](spec, name)
