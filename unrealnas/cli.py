@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "retrain": ("unrealnas.train.commands", "cmd_retrain", "retrain a found cell: train=cifar10|cifar100|imagenet|chexpert genotype=<path>"),
     "evaluate": ("unrealnas.train.commands", "cmd_evaluate", "evaluate a retrain run directory: evaluate <run dir>"),
     "describe": ("unrealnas.train.commands", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),
+    "status": ("unrealnas.launch.status", "cmd_status", "done/running/pending/failed per stage and group: status [runs dir]"),
     "bench": ("unrealnas.commands", "cmd_bench", "benchmarks: bench data | bench search"),
 }
 

@@ -1,0 +1,63 @@
+"""Submission records: what each submitted array holds, so that ``status`` can find every task.
+
+One ``tasks.json`` per array (SLURM) or local batch, beside its logs:
+``<launcher.folder>/<name>/<array job id | local-...>/tasks.json``. It lists, per task, the verb,
+overrides, run directory, stage, group, job id and log paths. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from unrealnas.io import write_json_atomic
+
+RECORD_FILE = "tasks.json"
+RECORD_VERSION = 1
+
+
+def task_entry(index: int, task: Any, job_id: str, stdout: Path | None, stderr: Path | None,
+               result_pickle: Path | None = None) -> dict[str, Any]:
+    """The record of one task (``task`` is a :class:`~unrealnas.launch.task.Task`)."""
+    return {
+        "index": index,
+        "job_id": job_id,
+        "verb": task.verb,
+        "overrides": list(task.overrides),
+        "run_dir": None if task.run_dir is None else str(task.run_dir),
+        "stage": task.stage,
+        "group": task.group,
+        "stdout": None if stdout is None else str(stdout),
+        "stderr": None if stderr is None else str(stderr),
+        "result_pickle": None if result_pickle is None else str(result_pickle),
+    }
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` as ``folder/tasks.json`` (atomically) and return the path."""
+    record = {"version": RECORD_VERSION, **record}
+    path = Path(folder) / RECORD_FILE
+    write_json_atomic(path, record)
+    return path
+
+
+def read_records(launcher_folder: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """All records under ``launcher_folder``, oldest first, plus one warning per unreadable record."""
+    records: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    root = Path(launcher_folder)
+    if not root.is_dir():
+        return records, warnings
+    for path in sorted(root.glob(f"*/*/{RECORD_FILE}")):
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+                raise ValueError("not a submission record")
+        except (OSError, ValueError) as e:
+            warnings.append(f"skipped {path}: {e}")
+            continue
+        data["_path"] = str(path)
+        records.append(data)
+    records.sort(key=lambda r: float(r.get("submitted_at", 0.0)))
+    return records, warnings

@@ -1,0 +1,220 @@
+"""A task = one CLI verb with its Hydra overrides, and the run directory it will produce.
+
+This module never imports torch or submitit at import time: the submitting process builds and
+filters tasks cheaply, and the stage code is imported only inside :func:`run_task`, in the job.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unrealnas.errors import UserError
+
+RESULT_FILE = "result.json"
+MANIFEST_FILE = "manifest.json"  # a dataset folder is complete once its manifest exists
+
+# verb -> stage name used by `status` (the folder under paths.runs for search and train).
+STAGE_OF_VERB = {"generate": "generate", "search": "search", "retrain": "train"}
+
+# Verbs that run a resumable stage: (module, function) with the contract f(cfg, progress=...) -> Path.
+# Called directly (not through the CLI wrapper) so that the job returns the run directory.
+STAGE_RUNNERS: dict[str, tuple[str, str]] = {
+    "generate": ("unrealnas.data.generators", "generate_dataset"),
+    "search": ("unrealnas.search.run", "run_search"),
+    "retrain": ("unrealnas.train.retrain", "run_retrain"),
+}
+
+
+def read_result(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's result.json as a dict, None when absent; raises ValueError when malformed."""
+    path = Path(run_dir) / RESULT_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def is_complete(run_dir: str | Path | None) -> bool:
+    """True when ``run_dir`` holds a completed result.json (or, for a dataset folder, its manifest)."""
+    if run_dir is None:
+        return False
+    run_dir = Path(run_dir)
+    if (run_dir / MANIFEST_FILE).is_file():
+        return True
+    try:
+        result = read_result(run_dir)
+    except (OSError, ValueError):
+        return False
+    return result is not None and result.get("status") == "completed"
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``unrealnas <verb> <overrides...>`` producing ``run_dir``.
+
+    ``verb`` is a CLI verb (``search``, ``retrain``, ``generate``, ...) or ``package.module:function``
+    (a function taking the override list; for plugins and tests). ``run_dir`` (optional) is where
+    the task leaves its result: a task whose run_dir is complete is skipped at submission and in
+    the job. ``group`` labels the sweep cell for ``status`` (e.g. ``darts/rlrn/random/c10``).
+    """
+
+    verb: str
+    overrides: tuple[str, ...] = ()
+    run_dir: Path | None = None
+    stage: str = ""
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: normalise through object.__setattr__ so tasks pickle and compare cleanly.
+        object.__setattr__(self, "overrides", tuple(str(o) for o in self.overrides))
+        if self.run_dir is not None:
+            # Absolute, because the job may resolve relative paths from another working directory.
+            object.__setattr__(self, "run_dir", Path(self.run_dir).expanduser().absolute())
+        if not self.stage:
+            object.__setattr__(self, "stage", STAGE_OF_VERB.get(self.verb, self.verb.rsplit(":", 1)[-1]))
+
+    def is_complete(self) -> bool:
+        """Whether the task's run directory already holds a completed result."""
+        return is_complete(self.run_dir)
+
+    def argv(self) -> list[str]:
+        """The equivalent command line: ``[verb, *overrides]``."""
+        return [self.verb, *self.overrides]
+
+    def describe(self) -> str:
+        """One line for logs: ``unrealnas <verb> <overrides>``."""
+        return "unrealnas " + " ".join(self.argv())
+
+
+def _import_callable(spec: str) -> Callable[[list[str]], Any]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"task verb {spec!r}: cannot import {module_name} ({e})") from e
+    func = getattr(module, attr, None)
+    if not callable(func):
+        raise UserError(f"task verb {spec!r}: {module_name} has no function {attr!r}")
+    return func
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path | None:
+    """Run (or resume, or skip when complete) one task in this process; return its run directory."""
+    say = progress or _say
+    if task.is_complete():
+        say(f"{task.run_dir} already complete; nothing to do")
+        return task.run_dir
+    say(f"running: {task.describe()}")
+    overrides = list(task.overrides)
+    if ":" in task.verb:
+        out = _import_callable(task.verb)(overrides)
+        return Path(out) if isinstance(out, (str, Path)) else task.run_dir
+    if task.verb in STAGE_RUNNERS:
+        from unrealnas.config import compose_config
+
+        positional = [a for a in overrides if "=" not in a and not a.startswith(("~", "+"))]
+        if positional:
+            raise UserError(f"{task.verb} takes only key=value overrides, got {' '.join(positional)}")
+        module, func = STAGE_RUNNERS[task.verb]
+        runner = getattr(importlib.import_module(module), func)
+        return Path(runner(compose_config(overrides), progress=say))
+    from unrealnas.cli import VERBS
+
+    if task.verb not in VERBS:
+        raise UserError(f"unknown verb {task.verb!r}; choose one of: {', '.join(VERBS)} (or module:function)")
+    module, func, _ = VERBS[task.verb]
+    # The verb function itself, not cli.main: errors must raise so that the job is marked failed.
+    rc = getattr(importlib.import_module(module), func)(overrides)
+    if rc:
+        raise RuntimeError(f"{task.describe()} exited with status {rc}")
+    return task.run_dir
+
+
+def planned_run_dir(verb: str, overrides: Sequence[str]) -> Path | None:
+    """The run directory a ``generate``/``search``/``retrain`` task will write, None if not knowable yet.
+
+    Imports the stage module (and so torch). A retrain whose genotype does not exist yet (its search
+    has not run) gives None unless ``train.run_id`` names the run.
+    """
+    from unrealnas.config import compose_config
+
+    cfg = compose_config(list(overrides))
+    try:
+        if verb == "generate":
+            from unrealnas.data.generators import dataset_dir
+
+            return dataset_dir(cfg).absolute()
+        if verb == "search":
+            from unrealnas.search.run import search_run_dir
+
+            return search_run_dir(cfg).absolute()
+        if verb == "retrain":
+            if cfg.train.run_id:
+                return (Path(cfg.paths.runs) / "train" / str(cfg.train.run_id)).absolute()
+            from unrealnas.train.retrain import resolve_genotype, run_id_for
+
+            run_id = run_id_for(cfg, resolve_genotype(cfg.genotype))
+            return (Path(cfg.paths.runs) / "train" / run_id).absolute()
+    except (ImportError, AttributeError, UserError):
+        return None
+    return None
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Expand Hydra sweep syntax (``seed=0,1,2 data.num_classes=10,100``, ``range(5)``) into runs."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise UserError(f"bad override in {' '.join(overrides)}: {str(e).splitlines()[0]}") from e
+    axes: list[list[str]] = []
+    for item in parsed:
+        if item.is_sweep_override():
+            key = item.get_key_element()
+            axes.append([f"{key}={value}" for value in item.sweep_string_iterator()])
+        else:
+            axes.append([item.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def write_task_file(tasks: Sequence[Task], path: str | Path) -> int:
+    """Write the unfinished tasks, one ``verb overrides...`` line each, for ``slurm/sweep_array.sbatch``.
+
+    Returns the number of lines (submit with ``sbatch --array=0-<n-1>``). The script splits lines
+    on whitespace and runs ``unrealnas``, so only CLI verbs and space-free arguments are accepted.
+    """
+    lines = []
+    for t in tasks:
+        if ":" in t.verb:
+            raise UserError(f"{t.verb}: a task file holds CLI verbs only (sbatch runs `unrealnas <verb>`)")
+        bad = [a for a in t.argv() if not a or any(c.isspace() for c in a)]
+        if bad:
+            raise UserError(f"{t.describe()}: argument {bad[0]!r} is empty or holds whitespace; "
+                            "the task file splits on spaces")
+        if not t.is_complete():
+            lines.append(" ".join(t.argv()))
+    from unrealnas.io import write_bytes_atomic
+
+    header = "# one task per line for slurm/sweep_array.sbatch: unrealnas <verb> <overrides...>\n"
+    write_bytes_atomic(path, (header + "".join(f"{ln}\n" for ln in lines)).encode())
+    return len(lines)

@@ -1,0 +1,54 @@
+"""Device, precision and run-provenance helpers shared by search and retraining."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from unrealnas.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``amp`` is auto/bf16; a no-op context otherwise."""
+    on = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not on:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def use_channels_last(device: torch.device, setting: str) -> bool:
+    """Whether to run convolutions in channels_last memory format (NHWC kernels on GPUs)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def git_sha() -> str | None:
+    """The code version: the git commit of the package's checkout, if it is one."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance() -> dict:
+    """What a run directory records about how it was made: command, code version, SLURM ids."""
+    slurm = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
+                                       "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST") if k in os.environ}
+    return {"command": shlex.join(sys.argv), "git_sha": git_sha(), "slurm": slurm or None,
+            "torch": torch.__version__, "host": os.uname().nodename}

@@ -1,0 +1,1 @@
+"""Running a search: the resumable DARTS/SGAS loop and its run directory."""

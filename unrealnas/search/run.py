@@ -1,0 +1,375 @@
+"""One architecture search (DARTS first/second order, SGAS) as a resumable run directory.
+
+``<paths.runs>/search/<run-id>/`` holds ``config.yaml``, ``metrics.jsonl`` (one row per epoch),
+``checkpoint.pt`` (everything needed to continue, written atomically at every epoch end and
+every ``search.checkpoint_every`` steps), and at the end ``genotype.json``, ``genotype.png`` and
+``result.json``. Re-running the same command resumes from the checkpoint; a finished run is a
+no-op. The data order is a function of (seed, epoch), so a resumed run takes exactly the steps
+the uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from unrealnas.config.compose import to_yaml
+from unrealnas.data.generators import dataset_dir, generate_dataset
+from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
+from unrealnas.data.store import MANIFEST
+from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
+from unrealnas.nas.darts import Architect
+from unrealnas.nas.genotype import Genotype, count_skips
+from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
+from unrealnas.nas.supernet import SuperNet
+from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
+from unrealnas.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+CHECKPOINT = "checkpoint.pt"
+# Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).
+FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
+
+
+def search_run_id(cfg: DictConfig) -> str:
+    """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
+    s = OmegaConf.to_container(cfg.search, resolve=True)
+    for k in ("checkpoint_every", "eval_every", "compile"):
+        s.pop(k, None)  # bookkeeping only: same search, same id
+    key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    d = cfg.data
+    classes = f"-c{d.num_classes}" if d.label == "random" else ""
+    return f"{cfg.search.method}-{d.name}{classes}-s{cfg.seed}-{digest}"
+
+
+def search_run_dir(cfg: DictConfig) -> Path:
+    """``<paths.runs>/search/<run-id>``."""
+    return Path(cfg.paths.runs) / "search" / search_run_id(cfg)
+
+
+def is_complete(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds a completed result.json."""
+    try:
+        return json.loads((run_dir / "result.json").read_text()).get("status") == "completed"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+@dataclass
+class ValStream:
+    """The persistent validation iterator (the reference rebuilt it every step): position = (epoch, batch)."""
+
+    loader: DeviceLoader
+    epoch: int = 0
+    batch: int = 0
+    _it: Iterator | None = field(default=None, repr=False)
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._it is None:
+                self._it = self.loader.epoch(self.epoch, self.batch)
+            try:
+                item = next(self._it)
+                self.batch += 1
+                return item
+            except StopIteration:
+                self.epoch, self.batch, self._it = self.epoch + 1, 0, None
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """New batch size from the next validation epoch on (so a resumed run does the same)."""
+        if batch_size != self.loader.batch_size:
+            self.loader.set_batch_size(batch_size)
+            if self.batch:
+                self.epoch, self.batch = self.epoch + 1, 0
+            self._it = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Position of the stream."""
+        return {"epoch": self.epoch, "batch": self.batch, "batch_size": self.loader.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position."""
+        self.loader.set_batch_size(state["batch_size"])
+        self.epoch, self.batch, self._it = state["epoch"], state["batch"], None
+
+
+class SearchRun:
+    """The state of one search and the loop that advances it."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, data_folder: Path, progress: Callable[[str], None]):
+        self.cfg, self.run_dir, self.say = cfg, run_dir, progress
+        s = cfg.search
+        self.device = resolve_device(cfg.device)
+        if s.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
+        if s.resolution and s.resolution != data.images.shape[-1]:
+            data.images = resize_images(data.images, s.resolution)
+        self.manifest = data.manifest
+        self.random_labels = self.manifest["label"] == "random"
+        self.split = s.split or ("same_flipped" if self.random_labels else "other_half")
+        wd = s.weight_decay if s.weight_decay is not None else (0.0 if self.random_labels else 3e-4)
+        arch_wd = s.arch_weight_decay if s.arch_weight_decay is not None else (0.0 if self.random_labels else 1e-3)
+        self.total_epochs = s.warmup_epochs + s.epochs
+        self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion)
+        self.val = ValStream(val_loader)
+        torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
+        self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
+                              s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]))
+        self.model.to(self.device)
+        self.channels_last = use_channels_last(self.device, s.channels_last)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=s.lr, momentum=s.momentum,
+                                         weight_decay=wd)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_epochs, eta_min=s.lr_min)
+        self.architect = Architect(self.model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=arch_wd,
+                                   unrolled=s.method == "darts2")
+        self.sgas = (SGASState(nodes=s.nodes, base_batch_size=s.batch_size, batch_increase=s.sgas.batch_increase,
+                               history_size=s.sgas.history_size) if s.method.startswith("sgas") else None)
+        self.forward = torch.compile(self.model) if s.compile else self.model
+        self.epoch, self.batch = 0, 0
+        self.meters = _zero_meters()
+        self.hparams = {"weight_decay": wd, "arch_weight_decay": arch_wd, "split": self.split}
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed by this run."""
+        return {"run_id": self.run_dir.name, "dataset": self.manifest["name"], "method": self.cfg.search.method}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the run stands."""
+        return {"fingerprint": self.fingerprint(), "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "architect": self.architect.state_dict(), "sgas": self.sgas.state_dict() if self.sgas else None,
+                "rng": rng_state(), "epoch": self.epoch, "batch": self.batch, "val": self.val.state_dict(),
+                "train_batch_size": self.train_loader.batch_size, "meters": dict(self.meters)}
+
+    def save(self) -> None:
+        """Write the checkpoint atomically (the previous one survives a crash mid-write)."""
+        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+
+    def restore(self) -> bool:
+        """Load the checkpoint if there is one; a corrupt or foreign one raises CheckpointError."""
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            return False
+        state = load_checkpoint(path, self.fingerprint())
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.architect.load_state_dict(state["architect"])
+        if self.sgas is not None:
+            self.sgas.load_state_dict(state["sgas"])
+            apply_to_supernet(self.sgas, self.model)
+        set_rng_state(state["rng"])
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        self.train_loader.set_batch_size(int(state["train_batch_size"]))
+        self.val.load_state_dict(state["val"])
+        self.meters = dict(state["meters"])
+        return True
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Advance the search to its last epoch, checkpointing as it goes."""
+        s = self.cfg.search
+        fault_after = int(os.environ.get(FAULT_ENV, "0"))
+        steps_done = 0
+        while self.epoch < self.total_epochs:
+            epoch, warm = self.epoch, self.epoch < s.warmup_epochs
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=self.device)
+            correct = torch.zeros((), device=self.device, dtype=torch.long)
+            for x, y in self.train_loader.epoch(epoch, self.batch):
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if not warm:
+                    xv, yv = next(self.val)
+                    if self.channels_last:
+                        xv = xv.contiguous(memory_format=torch.channels_last)
+                    with autocast_for(self.device, s.amp):
+                        self.architect.step(xv, yv, x, y, self.optimizer)
+                self.optimizer.zero_grad(set_to_none=True)
+                with autocast_for(self.device, s.amp):
+                    logits = self.forward(x)
+                    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.weight_parameters(), s.grad_clip)
+                self.optimizer.step()
+                # accumulate on the device: no host sync inside the step loop
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.argmax(1) == y).sum()
+                self.batch += 1
+                steps_done += 1
+                if s.checkpoint_every and self.batch % s.checkpoint_every == 0 and self.batch < len(self.train_loader):
+                    self._fold_meters(loss_sum, correct, t0)
+                    loss_sum.zero_(), correct.zero_()
+                    t0 = time.perf_counter()
+                    self.save()
+                if fault_after and steps_done >= fault_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            self._fold_meters(loss_sum, correct, t0)
+            self._end_epoch(epoch)
+
+    def _fold_meters(self, loss_sum: torch.Tensor, correct: torch.Tensor, t0: float) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        m = self.meters
+        m["loss_sum"] += float(loss_sum)
+        m["correct"] += int(correct)
+        m["seen"] = self.batch * self.train_loader.batch_size
+        m["seconds"] += time.perf_counter() - t0
+
+    def _end_epoch(self, epoch: int) -> None:
+        s = self.cfg.search
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        decisions = []
+        if self.sgas is not None:
+            made = end_of_epoch(self.sgas, epoch, self.model, s.sgas.criterion, s.sgas.warmup_dec_epoch,
+                                s.sgas.decision_freq)
+            decisions = [d.__dict__ for d in made]
+            self.train_loader.set_batch_size(self.sgas.batch_size)
+            self.val.set_batch_size(self.sgas.batch_size)
+        genotype = self.genotype()
+        last = epoch + 1 == self.total_epochs
+        evaluate = last or (s.eval_every and (epoch + 1) % s.eval_every == 0)
+        val_loss, val_acc = self.evaluate() if evaluate else (None, None)
+        m = self.meters
+        p_normal, p_reduce = self.model.alpha_softmax()
+        skip_normal, skip_reduce = count_skips(genotype)
+        row = {"epoch": epoch, "phase": "warmup" if epoch < s.warmup_epochs else "search", "lr": lr,
+               "train_loss": m["loss_sum"] / max(m["seen"], 1), "train_acc": 100.0 * m["correct"] / max(m["seen"], 1),
+               "val_loss": val_loss, "val_acc": val_acc, "seconds": m["seconds"],
+               "images_per_s": m["seen"] / m["seconds"] if m["seconds"] else None,
+               "batch_size": self.train_loader.batch_size, "skip_normal": skip_normal, "skip_reduce": skip_reduce,
+               "genotype": genotype.to_json(), "alphas_softmax": {"normal": p_normal.tolist(), "reduce": p_reduce.tolist()},
+               "sgas_decisions": decisions}
+        # metrics first, then the checkpoint: a crash in between repeats this epoch, and resume
+        # drops the rows of epochs the checkpoint has not reached (see _trim_metrics)
+        append_jsonl(self.run_dir / "metrics.jsonl", row)
+        self.epoch, self.batch, self.meters = epoch + 1, 0, _zero_meters()
+        self.save()
+        self.say(f"epoch {epoch + 1}/{self.total_epochs} train_acc {row['train_acc']:.2f} "
+                 f"val_acc {val_acc if val_acc is None else round(val_acc, 2)} skips {skip_normal}/{skip_reduce} "
+                 f"{row['images_per_s'] or 0:.0f} img/s")
+
+    def genotype(self) -> Genotype:
+        """The genotype the current state selects."""
+        if self.sgas is not None:
+            return sgas_genotype(self.sgas, self.model.alpha_normal, self.model.alpha_reduce)
+        return self.model.genotype()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Loss and accuracy (%) of the supernet on the whole architecture split."""
+        self.model.eval()
+        loader = self.val.loader
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for x, y in loader.epoch(0):
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_for(self.device, self.cfg.search.amp):
+                logits = self.forward(x).float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        self.model.train()
+        return float(loss_sum) / max(seen, 1), 100.0 * int(correct) / max(seen, 1)
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Area-resize a whole NCHW split once (CPU presets search on smaller images), keeping its dtype."""
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")
+    return out.round().clamp(0, 255).to(torch.uint8) if images.dtype == torch.uint8 else out.to(images.dtype)
+
+
+def _zero_meters() -> dict[str, float]:
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+def _trim_metrics(path: Path, epoch: int) -> None:
+    """Keep only metric rows of epochs before ``epoch`` (rows past the checkpoint are redone)."""
+    rows = read_jsonl(path)
+    keep = [r for r in rows if r.get("epoch", -1) < epoch]
+    if len(keep) != len(rows) or (path.exists() and len(path.read_text().splitlines()) != len(rows)):
+        write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+
+def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
+    """The dataset folder of ``cfg``, generated on the fly if it does not exist yet."""
+    folder = dataset_dir(cfg)
+    if not (folder / MANIFEST).exists():
+        progress(f"dataset {folder} not found: generating it")
+        generate_dataset(cfg, progress)
+    return folder
+
+
+def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume, or skip if finished) the search ``cfg`` describes; returns its run directory."""
+    say = progress or (lambda _m: None)
+    run_dir = search_run_dir(cfg)
+    if is_complete(run_dir):
+        say(f"{run_dir}: already completed, nothing to do")
+        return run_dir
+    folder = ensure_dataset(cfg, say)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    run = SearchRun(cfg, run_dir, folder, say)
+    resumed = run.restore()
+    if resumed:
+        say(f"{run_dir}: resuming at epoch {run.epoch} batch {run.batch}")
+    _trim_metrics(run_dir / "metrics.jsonl", run.epoch)
+    write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
+    write_json_atomic(run_dir / "provenance.json", provenance())
+    run.run()
+    finish(run, started)
+    return run_dir
+
+
+def finish(run: SearchRun, started: float) -> None:
+    """Write genotype.json, the cell drawing and result.json (last: it marks the run complete)."""
+    from unrealnas.nas.draw import draw_genotype
+
+    run_dir, cfg = run.run_dir, run.cfg
+    genotype = run.genotype()
+    genotype.save(run_dir / "genotype.json")
+    try:
+        draw_genotype(genotype, run_dir / "genotype.png")
+    except Exception as e:  # a drawing failure must not lose a finished search
+        run.say(f"warning: could not draw the genotype ({e})")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    compute_s = sum(r.get("seconds") or 0.0 for r in rows)
+    last = rows[-1] if rows else {}
+    hours_key = "gpu_hours" if run.device.type == "cuda" else "cpu_hours"
+    skip_normal, skip_reduce = count_skips(genotype)
+    result = {
+        "kind": "search", "status": "completed", "method": cfg.search.method, "search_data": cfg.data.name,
+        "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
+        "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
+        "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
+                    "skip_normal": skip_normal, "skip_reduce": skip_reduce},
+        "params_m": None, hours_key: compute_s / 3600.0, "wall_s": time.time() - started, "compute_s": compute_s,
+        "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
+        "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
+                   "reduce": run.model.alpha_reduce.detach().cpu().tolist()},
+        "hparams": run.hparams, "device": str(run.device),
+    }
+    if run.sgas is not None:
+        result["sgas"] = run.sgas.state_dict()
+    write_json_atomic(run_dir / "result.json", result)
+    run.say(f"{run_dir}: search completed; genotype {json.dumps(genotype.to_json())}")
