@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import smoke_overrides
 from unrealnas.config import compose_config
-from unrealnas.data.generators import dataset_dir, generate_dataset
+from unrealnas.data.generators import generate_dataset
 from unrealnas.errors import CheckpointError, DataError
 from unrealnas.io import read_jsonl
 from unrealnas.nas.genotype import Genotype

@@ -139,7 +139,7 @@ def write_cifar(root: str | Path, name: str, train: tuple[np.ndarray, np.ndarray
     for split, (x, y) in (("train", train), ("test", test)):
         files = layout[split]
         chunks = np.array_split(np.arange(len(x)), len(files))
-        for (fname, _), idx in zip(files, chunks):
+        for (fname, _), idx in zip(files, chunks, strict=True):
             data = x[idx].transpose(0, 3, 1, 2).reshape(len(idx), -1).astype(np.uint8)
             entry = {"batch_label": f"{split} batch", "data": data, layout["label_key"]: [int(v) for v in y[idx]],
                      "filenames": [f"img_{i}.png" for i in idx]}

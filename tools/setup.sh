@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One-time (idempotent) set-up of a fresh Debian 12 machine for unrealnas:
+#   - Debian packages: FFCV's build deps (libturbojpeg0-dev, libopencv-dev, pkg-config) and a
+#     one-node SLURM for the integration tests (slurm-wlm, munge, slurmdbd, mariadb-server);
+#   - a virtual environment in .venv with the package, its ffcv extra and the dev tools.
+# Re-running it installs only what is missing. Set UNREALNAS_SKIP_APT=1 to skip the apt step
+# (e.g. without root on a cluster login node: the suite itself needs no Debian package).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge slurmdbd mariadb-server)
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+
+if [[ "${UNREALNAS_SKIP_APT:-0}" != 1 ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    SUDO=""
+    [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+    echo "setup: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    # policy-rc.d-style failures to start services are harmless here: start.sh starts what tests need
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "setup: creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+# torch/torchvision are pinned in pyproject.toml (torch==2.14.1, torchvision==0.29.1): pip takes
+# them from the local wheel store where there is one. The ffcv extra needs the apt packages above.
+stamp="$VENV/.unrealnas-installed"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]] || ! "$VENV/bin/python" -c "import unrealnas, ffcv" 2>/dev/null; then
+  echo "setup: installing unrealnas[ffcv,dev] into $VENV (a fresh venv takes ~2-3 minutes)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[ffcv,dev]" 2>&1 | grep -v "is ignored" || true
+  "$VENV/bin/python" -c "import unrealnas, torch, torchvision, h5py, hydra, submitit, ffcv" 
+  touch "$stamp"
+fi
+echo "setup: ok ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
