@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.errors import ConfigError
 
-DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100")
+DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
 SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
 SPLITS = ("same_flipped", "other_half")
 
@@ -84,7 +84,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(d.channels in (1, 3), "data.channels", d.channels, "use 1 or 3 channels")
     _check(d.shard_size >= 1, "data.shard_size", d.shard_size, "use at least 1 image per shard")
     _check(d.noise_dtype in ("float16", "float32"), "data.noise_dtype", d.noise_dtype, "choose float16 or float32")
-    _check(d.source in ("cifar10", "cifar100"), "data.source", d.source, "choose cifar10 or cifar100")
+    _check(d.source in ("cifar10", "cifar100", "digits"), "data.source", d.source, "choose cifar10, cifar100 or digits")
     f = d.fractal
     _check(2 <= f.min_maps <= f.max_maps, "data.fractal.min_maps", f.min_maps, "need 2 <= min_maps <= max_maps")
     _check(0.0 < f.filling_rate < 1.0, "data.fractal.filling_rate", f.filling_rate, "use a rate in (0, 1)")

@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from unrealnas.config.experiment import ExperimentConfig
+
 
 @dataclass
 class PathsConfig:
@@ -37,7 +39,7 @@ class FractalConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 (true labels)
+    name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 | digits (true labels)
     label: str = "random"  # random (uniform, drawn once per dataset and seed) | true
     num_classes: int = 5000  # random-label classes (2..100000); ignored for true labels
     num_images: Optional[int] = 50_000  # images in the train split; null = all of the source
@@ -46,7 +48,7 @@ class DataConfig:
     shard_size: int = 10_000  # images per HDF5 shard (does not change any byte of the data)
     noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
     root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
-    source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100
+    source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)
     id: Optional[str] = None  # dataset folder name under paths.data; null = derived from the parameters
     verify_on_load: bool = True  # check every shard's size and sha256 before training on it
     fractal: FractalConfig = field(default_factory=FractalConfig)
@@ -159,6 +161,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: str = "text"  # output format of inspection commands: text | json
+    experiment: Optional[ExperimentConfig] = None  # set by +experiment=<name> (conf/experiment/); read by `pipeline`
 
 
 def register_schemas() -> None:

@@ -3,7 +3,7 @@
 - ``rlrn``: every pixel and channel i.i.d. N(0, 1), uniform random labels.
 - ``rlgd``: FracDB-style IFS fractals (see ``fractal.py``), uniform random labels, category kept.
 - ``rlrd``: real CIFAR train images, uniform random labels, source index kept.
-- ``cifar10`` / ``cifar100``: the real-label control (true labels).
+- ``cifar10`` / ``cifar100`` / ``digits``: the real-label control (true labels).
 
 Random streams are derived from the master seed with ``np.random.SeedSequence([seed, STREAM, ...])``
 and generated in fixed blocks, so the bytes do not depend on the shard size or on workers.
@@ -116,8 +116,18 @@ def build_rlgd(cfg: DictConfig, seed: int) -> DatasetSpec:
     return DatasetSpec(header, [SplitPlan("train", n, block)])
 
 
+def read_source(root: str | None, source: str) -> tuple[cifar.CifarSplit, tuple, tuple]:
+    """The train split of a real image source and its normalisation (mean, std)."""
+    if source == "digits":
+        from unrealnas.data.digits import DIGITS_MEAN, DIGITS_STD, read_digits
+
+        return read_digits("train"), DIGITS_MEAN, DIGITS_STD
+    stats = (cifar.CIFAR10_MEAN, cifar.CIFAR10_STD) if source == "cifar10" else (cifar.CIFAR100_MEAN, cifar.CIFAR100_STD)
+    return cifar.read_cifar(root, source, "train"), *stats
+
+
 def _build_cifar(cfg: DictConfig, seed: int, source: str, random_label: bool) -> DatasetSpec:
-    data = cifar.read_cifar(cfg.root, source, "train")
+    data, mean, std = read_source(cfg.root, source)
     n_src = len(data.images)
     n = n_src if cfg.num_images is None else int(cfg.num_images)
     if n > n_src:
@@ -126,7 +136,6 @@ def _build_cifar(cfg: DictConfig, seed: int, source: str, random_label: bool) ->
         raise DataError(f"{source} images are 32x32x3; set data.resolution=32 data.channels=3")
     num_classes = cfg.num_classes if random_label else data.num_classes
     labels = random_labels(n, num_classes, seed) if random_label else data.labels[:n]
-    mean, std = (cifar.CIFAR10_MEAN, cifar.CIFAR10_STD) if source == "cifar10" else (cifar.CIFAR100_MEAN, cifar.CIFAR100_STD)
     params = {"num_images": n, "source": source, "source_official": data.official,
               "source_sha256": hashlib.sha256(data.images[:n].tobytes() + data.labels[:n].tobytes()).hexdigest()}
     kind = "rlrd" if random_label else source
@@ -150,6 +159,12 @@ def build_rlrd(cfg: DictConfig, seed: int) -> DatasetSpec:
 def build_cifar10(cfg: DictConfig, seed: int) -> DatasetSpec:
     """Real-label control: CIFAR-10 train images with their true labels."""
     return _build_cifar(cfg, seed, "cifar10", random_label=False)
+
+
+@register_generator("digits")
+def build_digits(cfg: DictConfig, seed: int) -> DatasetSpec:
+    """scikit-learn's bundled digits (upsampled to 32x32x3) with their true labels."""
+    return _build_cifar(cfg, seed, "digits", random_label=False)
 
 
 @register_generator("cifar100")

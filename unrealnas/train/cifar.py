@@ -15,7 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unrealnas.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, read_cifar
+from unrealnas.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CifarSplit,
+    read_cifar,
+)
 from unrealnas.errors import DataError
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
@@ -57,8 +64,7 @@ class CifarTarget(Target):
         self.spec = spec
         if spec.resolution != 32:
             raise DataError(f"{name} images are 32x32; set train.resolution=32 (got {spec.resolution})")
-        train = read_cifar(spec.root, name, "train")
-        test = read_cifar(spec.root, name, "test")
+        train, test, (mean, std) = self.read_splits(spec, name)
         if len(train.labels) == 0 or len(test.labels) == 0:
             raise DataError(f"{name}: the train or test split under {spec.root} holds no images")
         tx, ty = train.images, train.labels
@@ -72,7 +78,6 @@ class CifarTarget(Target):
         self.train_y = torch.from_numpy(ty).to(dev)
         self.eval_x = torch.from_numpy(np.ascontiguousarray(vx.transpose(0, 3, 1, 2))).to(dev)
         self.eval_y = torch.from_numpy(vy).to(dev)
-        mean, std = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         self.mean = torch.tensor(mean, device=dev).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         self.num_classes = train.num_classes
@@ -82,6 +87,11 @@ class CifarTarget(Target):
         world = spec.env.world_size
         if self.num_train < world:
             raise DataError(f"{name}: {self.num_train} training images cannot feed {world} ranks")
+
+    def read_splits(self, spec: TargetSpec, name: str) -> tuple[CifarSplit, CifarSplit, tuple]:
+        """(train split, test split, (mean, std)) of the task, from the official pickle folders."""
+        stats = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
+        return read_cifar(spec.root, name, "train"), read_cifar(spec.root, name, "test"), stats
 
     def _rank_positions(self) -> torch.Tensor:
         # Ranks take interleaved positions of the epoch order, all the same count (DDP needs
@@ -123,3 +133,13 @@ class CifarTarget(Target):
             idx = idx_all[start: start + bs]
             x = (self.eval_x[idx].float().div_(255.0) - self.mean) / self.std
             yield x, self.eval_y[idx]
+
+
+class DigitsTarget(CifarTarget):
+    """scikit-learn's digits upsampled to 32x32x3: a real task that needs no download."""
+
+    def read_splits(self, spec: TargetSpec, name: str) -> tuple[CifarSplit, CifarSplit, tuple]:
+        """The fixed stratified train/test split of the bundled digits."""
+        from unrealnas.data.digits import DIGITS_MEAN, DIGITS_STD, read_digits
+
+        return read_digits("train"), read_digits("test"), (DIGITS_MEAN, DIGITS_STD)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from unrealnas.errors import ConfigError, UserError
 
 # Output size of each target, so ``describe`` needs no data on disk.
-TARGET_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "chexpert": 5}
+TARGET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000, "chexpert": 5}
 
 
 def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
@@ -41,6 +41,7 @@ def cmd_describe(args: list[str]) -> int:
     from unrealnas.config import compose_config
     from unrealnas.models import build_network, count_flops_m, count_params_m
     from unrealnas.train.retrain import check_train_config, network_kind, resolve_genotype
+    from unrealnas.train.target import CIFAR_SIZE_TARGETS
 
     positional, overrides = _split_args(args)
     if positional:
@@ -53,7 +54,7 @@ def cmd_describe(args: list[str]) -> int:
     source = resolve_genotype(cfg.genotype)
     kind = network_kind(cfg, target)
     classes = TARGET_CLASSES[target]
-    side = 32 if target.startswith("cifar") else int(cfg.train.resolution)
+    side = 32 if target in CIFAR_SIZE_TARGETS else int(cfg.train.resolution)
     model = build_network(kind, source.genotype, int(cfg.train.init_channels), classes, int(cfg.train.layers),
                           auxiliary=cfg.train.auxiliary_weight > 0)
     info = {"params_m": round(count_params_m(model), 4), "flops_m": round(count_flops_m(model, (3, side, side)), 2),

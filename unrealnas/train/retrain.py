@@ -35,7 +35,7 @@ from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
 from unrealnas.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unrealnas.train.loop import FitResult, LoopOptions, fit
-from unrealnas.train.target import Target, TargetSpec, build_target
+from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
 
 RESULT_FILE = "result.json"
 PROVENANCE_KEYS = ("method", "search_data", "search_label", "num_classes", "seed")
@@ -131,7 +131,7 @@ def network_kind(cfg: DictConfig, target_name: str) -> str:
     """``train.net``, with auto = cifar stem for CIFAR targets, imagenet stem otherwise."""
     if cfg.train.net != "auto":
         return str(cfg.train.net)
-    return "cifar" if target_name.startswith("cifar") else "imagenet"
+    return "cifar" if target_name in CIFAR_SIZE_TARGETS else "imagenet"
 
 
 def fingerprint_of(cfg: DictConfig, genotype: Genotype, num_classes: int) -> dict[str, Any]:

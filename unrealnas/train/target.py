@@ -13,6 +13,8 @@ from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# 32x32 tasks that use the CIFAR stem and a fixed 32 px input
+CIFAR_SIZE_TARGETS = ("cifar10", "cifar100", "digits")
 
 
 def derive_seed(*parts: Any) -> int:
@@ -86,6 +88,12 @@ def _cifar(spec: TargetSpec, name: str) -> Target:
     return CifarTarget(spec, name)
 
 
+def _digits(spec: TargetSpec, name: str) -> Target:
+    from unrealnas.train.cifar import DigitsTarget
+
+    return DigitsTarget(spec, name)
+
+
 def _imagenet(spec: TargetSpec, name: str) -> Target:
     from unrealnas.train.imagenet import ImageFolderTarget
 
@@ -101,6 +109,7 @@ def _chexpert(spec: TargetSpec, name: str) -> Target:
 TARGETS: dict[str, Callable[[TargetSpec, str], Target]] = {
     "cifar10": _cifar,
     "cifar100": _cifar,
+    "digits": _digits,
     "imagenet": _imagenet,
     "chexpert": _chexpert,
 }
