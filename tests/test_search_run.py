@@ -79,7 +79,7 @@ def test_finished_run_is_a_noop(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == stamp
 
 
-@pytest.mark.parametrize("method", ["darts", "darts2", "sgas_c2"])
+@pytest.mark.parametrize("method", ["darts", pytest.param("darts2", marks=pytest.mark.slow), "sgas_c2"])
 def test_sigkill_mid_epoch_resumes_to_identical_alphas(tmp_path, method):
     """A search SIGKILLed mid-epoch and re-run ends exactly where an uninterrupted run ends."""
     extra = [f"search={method}", "search.warmup_epochs=1", "search.epochs=3", "search.checkpoint_every=2",

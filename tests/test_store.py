@@ -97,7 +97,7 @@ def test_rerun_is_noop(tmp_path):
 
 
 def test_interrupted_generation_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, "data.shard_size=128")
+    cfg = _cfg(tmp_path, "data.shard_size=128", "data.num_images=512")
     real = generators.gaussian_noise
     calls = {"n": 0}
 
@@ -119,7 +119,7 @@ def test_interrupted_generation_resumes_to_the_same_bytes(tmp_path, monkeypatch)
     monkeypatch.setattr(generators, "gaussian_noise", real)
     generate_dataset(cfg)
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.h5") if p.name in kept} == kept  # not rewritten
-    fresh = generate_dataset(_cfg(tmp_path / "fresh", "data.shard_size=128"))
+    fresh = generate_dataset(_cfg(tmp_path / "fresh", "data.shard_size=128", "data.num_images=512"))
     assert read_split(folder)["images"].tobytes() == read_split(fresh)["images"].tobytes()
 
 
@@ -175,7 +175,7 @@ def test_unwritable_output(tmp_path):
 
 
 def test_shard_layout(tmp_path):
-    folder = generate_dataset(_cfg(tmp_path, "data.shard_size=200"))
+    folder = generate_dataset(_cfg(tmp_path, "data.shard_size=200", "data.num_images=512"))
     manifest = load_manifest(folder)
     shards = manifest["splits"]["train"]["shards"]
     assert [s["file"] for s in shards] == ["train-00000.h5", "train-00001.h5", "train-00002.h5"]
