@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.compose import to_yaml
 from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
@@ -33,7 +34,6 @@ from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
-from unrealnas.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 CHECKPOINT = "checkpoint.pt"
 # Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).

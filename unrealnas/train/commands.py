@@ -76,10 +76,10 @@ def cmd_evaluate(args: list[str]) -> int:
     import torch
 
     from unrealnas import dist
+    from unrealnas.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from unrealnas.config.compose import validate_config
     from unrealnas.config.schema import Config
     from unrealnas.models import build_network
-    from unrealnas.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
     from unrealnas.train.loop import evaluate
     from unrealnas.train.retrain import fingerprint_of, loop_options, resolve_genotype, target_spec
     from unrealnas.train.target import build_target

@@ -26,10 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unrealnas import dist
+from unrealnas.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
 from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
-from unrealnas.train.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
 from unrealnas.train.metrics import auroc_metrics, topk_correct
 from unrealnas.train.target import Target, derive_seed
 

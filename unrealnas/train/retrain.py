@@ -28,12 +28,12 @@ import torch
 from omegaconf import DictConfig
 
 from unrealnas import dist
+from unrealnas.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unrealnas.config.compose import to_yaml
 from unrealnas.errors import CheckpointError, ConfigError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
-from unrealnas.train.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
 

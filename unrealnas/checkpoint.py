@@ -65,7 +65,7 @@ def load_checkpoint(path: str | Path, fingerprint: dict[str, Any] | None = None,
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is corrupt or not a checkpoint ({msg[:160]}); delete it to restart the run") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "model" not in state:
-        raise CheckpointError(f"{path} is not an unrealnas retrain checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path} is not an unrealnas checkpoint (format {FORMAT_VERSION})")
     if fingerprint is not None:
         theirs = state.get("fingerprint", {})
         for k in keys or tuple(fingerprint):
