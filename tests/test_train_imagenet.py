@@ -150,3 +150,22 @@ def test_two_process_ddp_equals_one_process(tmp_path):
     for k in a:
         if a[k].is_floating_point():
             assert torch.allclose(a[k], b[k], atol=1e-5, rtol=0), k
+
+
+@pytest.mark.ffcv
+def test_ffcv_imagenet_smoke_retrain(tmp_path, imagenet_root):
+    """train.loader=ffcv writes the .beton files once and trains from them (own process: FFCV forks)."""
+    pytest.importorskip("ffcv")
+    import shutil
+
+    root = tmp_path / "imagenet"
+    shutil.copytree(imagenet_root, root)
+    args = [sys.executable, "-m", "unrealnas", "retrain", *smoke_overrides(tmp_path, *TINY, f"train.root={root}",
+                                                                          "train.loader=ffcv", "train.num_workers=1")]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    run_dir = Path(out.stdout.strip().splitlines()[-1])
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "completed" and set(result["metrics"]) == {"top1_err", "top5_err"}
+    meta = json.loads((root / "ffcv" / "train_256.beton.json").read_text())
+    assert meta["num_images"] == 8 and meta["bytes"] == (root / "ffcv" / "train_256.beton").stat().st_size

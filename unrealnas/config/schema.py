@@ -129,6 +129,8 @@ class TrainConfig:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch deterministic algorithms
     num_workers: int = 4  # DataLoader workers per rank (ImageNet, CheXpert)
+    loader: str = "torch"  # ImageNet input pipeline: torch (ImageFolder + DataLoader) | ffcv (.beton, written once)
+    ffcv_max_resolution: int = 256  # longest side stored in the ImageNet .beton (the FFCV ImageNet recipe)
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific options
 
 

@@ -114,6 +114,7 @@ def check_train_config(t: DictConfig) -> None:
     check(t.amp in AMP_CHOICES, "amp", f"choose one of {', '.join(AMP_CHOICES)}")
     check(t.channels_last in ("auto", "on", "off"), "channels_last", "choose auto, on or off")
     check(t.num_workers >= 0, "num_workers", "use 0 or more workers")
+    check(t.loader in ("torch", "ffcv"), "loader", "choose torch or ffcv")
 
 
 def run_id_for(cfg: DictConfig, source: GenotypeSource) -> str:
@@ -151,7 +152,8 @@ def target_spec(cfg: DictConfig, device: torch.device, env: dist.DistEnv) -> Tar
     return TargetSpec(root=root, seed=int(cfg.seed), device=device, env=env, batch_size=int(t.batch_size),
                       resolution=int(t.resolution), cutout=int(t.cutout), max_images=t.max_images,
                       max_eval_images=t.max_eval_images, num_workers=int(t.num_workers),
-                      uncertainty=str(t.uncertainty), frontal_only=bool(t.frontal_only))
+                      uncertainty=str(t.uncertainty), frontal_only=bool(t.frontal_only),
+                      loader=str(t.loader), ffcv_max_resolution=int(t.ffcv_max_resolution))
 
 
 def loop_options(cfg: DictConfig, device: torch.device, target: Target, env: dist.DistEnv) -> LoopOptions:

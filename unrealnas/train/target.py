@@ -39,6 +39,8 @@ class TargetSpec:
     num_workers: int = 0
     uncertainty: str = "u_ones"
     frontal_only: bool = False
+    loader: str = "torch"  # imagenet: torch | ffcv
+    ffcv_max_resolution: int = 256
 
 
 class Target:
@@ -95,6 +97,10 @@ def _digits(spec: TargetSpec, name: str) -> Target:
 
 
 def _imagenet(spec: TargetSpec, name: str) -> Target:
+    if spec.loader == "ffcv":
+        from unrealnas.train.imagenet_ffcv import FFCVImageNetTarget
+
+        return FFCVImageNetTarget(spec)
     from unrealnas.train.imagenet import ImageFolderTarget
 
     return ImageFolderTarget(spec)
