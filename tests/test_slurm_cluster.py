@@ -290,3 +290,16 @@ def test_ddp_retrain_runs_as_one_job_with_two_ranks(cluster, tmp_path, cifar_roo
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["world_size"] == 2
     assert [(t.stage, t.state) for t in status(tmp_path / "runs").tasks] == [("train", "done")]
+
+
+def test_srun_two_tasks_runs_one_ddp_retrain(cluster, tmp_path, cifar_root):
+    """`srun -n2 unrealnas retrain ...` (what slurm/retrain_multinode.sbatch does): one run, world size 2."""
+    tiny = ["preset=smoke", "genotype=DARTS_V2", "train.layers=3", "train.init_channels=4", "train.batch_size=8",
+            "train.max_images=32", "train.max_eval_images=16", "device=cpu", "train.epochs=1",
+            f"data.root={cifar_root}", f"paths.runs={tmp_path / 'runs'}", "train.run_id=srun"]
+    cmd = ["srun", "-n2", "--cpus-per-task=1", "--time=5", sys.executable, "-m", "unrealnas", "retrain", *tiny]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "runs" / "train" / "srun" / "result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2
