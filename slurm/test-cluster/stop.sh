@@ -26,15 +26,8 @@ done
 
 say() { echo "stop.sh: $*"; }
 
-# Same test as start.sh: a zombie counts as stopped (`kill -0` succeeds on zombies).
-alive() {
-    local pid stat comm
-    pid=$(cat "$1" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    stat=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
-    comm=$(ps -o comm= -p "$pid" 2>/dev/null) || return 1
-    [[ -n "$stat" && "$stat" != Z* && "$comm" == "$2"* ]]
-}
+# alive(): a zombie counts as stopped (`kill -0` succeeds on zombies)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 stop() {  # stop NAME: SIGTERM, up to 10 s, then SIGKILL
     local pidfile="$RUN/$1.pid" pid

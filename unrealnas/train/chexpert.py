@@ -13,16 +13,15 @@ against the root itself when that exists.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from unrealnas.errors import ConfigError, DataError
-from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, SampledTarget
+from unrealnas.train.target import TargetSpec, per_rank_batch
 
 PATHOLOGIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -114,7 +113,7 @@ class RadiographDataset(Dataset):
         return (x - self.mean) / self.std, self.labels[i]
 
 
-class CheXpertTarget(Target):
+class CheXpertTarget(SampledTarget):
     """CheXpert multi-label classification of the 5 evaluated pathologies (mean AUROC)."""
 
     name = "chexpert"
@@ -146,29 +145,3 @@ class CheXpertTarget(Target):
             raise DataError(f"chexpert: {self.num_train} training images cannot feed {env.world_size} ranks")
         self.sampler = DistributedSampler(self.train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                           seed=spec.seed, drop_last=True)
-
-    def steps_per_epoch(self) -> int:
-        """Steps per epoch on this rank."""
-        return -(-len(self.sampler) // self.per_rank_batch)
-
-    def _loader(self, ds: Dataset, sampler, generator) -> DataLoader:
-        w = self.spec.num_workers
-        return DataLoader(ds, batch_size=self.per_rank_batch, sampler=sampler, num_workers=w,
-                          pin_memory=self.spec.device.type == "cuda", generator=generator,
-                          prefetch_factor=4 if w else None)
-
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """This rank's batches of ``epoch`` in the (seed, epoch) order."""
-        self.sampler.set_epoch(epoch)
-        g = torch.Generator().manual_seed(derive_seed(self.spec.seed, "chexpert-workers", epoch, self.spec.env.rank))
-        dev = self.spec.device
-        for x, y in self._loader(self.train_ds, self.sampler, g):
-            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-
-    def eval_batches(self) -> Iterator[Batch]:
-        """This rank's disjoint share of the validation images."""
-        env = self.spec.env
-        share = Subset(self.val_ds, list(range(env.rank, self.num_eval, env.world_size)))
-        dev = self.spec.device
-        for x, y in self._loader(share, None, None):
-            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from unrealnas.commands import _say, _split_args
 from unrealnas.errors import ConfigError, UserError
 
 # Output size of each target, so ``describe`` needs no data on disk.
 TARGET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000, "chexpert": 5}
-
-
-def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """Positional arguments vs Hydra overrides (``key=value``, ``+key=value``, ``~key``)."""
-    positional = [a for a in args if "=" not in a and not a.startswith(("~", "+"))]
-    return positional, [a for a in args if a not in positional]
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def cmd_retrain(args: list[str]) -> int:

@@ -43,7 +43,41 @@ def first_n(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
 
 
-class ImageFolderTarget(Target):
+class SampledTarget(Target):
+    """A target fed by a torch DataLoader over ``train_ds``/``val_ds`` with a seeded DistributedSampler.
+
+    Subclasses set ``spec``, ``train_ds``, ``val_ds``, ``sampler``, ``per_rank_batch``, ``num_eval``;
+    worker seeds come from (seed, name, epoch, rank), so augmentation replays after a resume.
+    """
+
+    def steps_per_epoch(self) -> int:
+        """Steps per epoch on this rank (last partial batch included)."""
+        return -(-len(self.sampler) // self.per_rank_batch)
+
+    def _loader(self, ds: Dataset, sampler, generator: torch.Generator | None) -> DataLoader:
+        w = self.spec.num_workers
+        return DataLoader(ds, batch_size=self.per_rank_batch, sampler=sampler, num_workers=w,
+                          pin_memory=self.spec.device.type == "cuda", generator=generator,
+                          persistent_workers=False, prefetch_factor=4 if w else None)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        """This rank's augmented batches of ``epoch``."""
+        self.sampler.set_epoch(epoch)
+        g = torch.Generator().manual_seed(derive_seed(self.spec.seed, f"{self.name}-workers", epoch, self.spec.env.rank))
+        dev = self.spec.device
+        for x, y in self._loader(self.train_ds, self.sampler, g):
+            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """This rank's disjoint share of the validation images."""
+        env = self.spec.env
+        share = Subset(self.val_ds, list(range(env.rank, self.num_eval, env.world_size)))
+        dev = self.spec.device
+        for x, y in self._loader(share, None, None):
+            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+
+class ImageFolderTarget(SampledTarget):
     """ImageNet (or any ImageFolder tree) with the standard augmentation, for one DDP rank."""
 
     name = "imagenet"
@@ -76,29 +110,3 @@ class ImageFolderTarget(Target):
         # drop_last=True gives every rank the same number of images (DDP needs equal step counts).
         self.sampler = DistributedSampler(self.train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                           seed=spec.seed, drop_last=True)
-        self.pin = spec.device.type == "cuda"
-
-    def steps_per_epoch(self) -> int:
-        """Steps per epoch on this rank (last partial batch included)."""
-        return -(-len(self.sampler) // self.per_rank_batch)
-
-    def _loader(self, ds: Dataset, sampler, generator: torch.Generator | None) -> DataLoader:
-        w = self.spec.num_workers
-        return DataLoader(ds, batch_size=self.per_rank_batch, sampler=sampler, num_workers=w, pin_memory=self.pin,
-                          generator=generator, persistent_workers=False, prefetch_factor=4 if w else None)
-
-    def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """This rank's augmented batches of ``epoch``."""
-        self.sampler.set_epoch(epoch)
-        g = torch.Generator().manual_seed(derive_seed(self.spec.seed, "imagenet-workers", epoch, self.spec.env.rank))
-        dev = self.spec.device
-        for x, y in self._loader(self.train_ds, self.sampler, g):
-            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-
-    def eval_batches(self) -> Iterator[Batch]:
-        """This rank's disjoint share of the validation images."""
-        env = self.spec.env
-        share = Subset(self.val_ds, list(range(env.rank, self.num_eval, env.world_size)))
-        dev = self.spec.device
-        for x, y in self._loader(share, None, None):
-            yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
