@@ -25,6 +25,9 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "retrain": ("unrealnas.train.commands", "cmd_retrain", "retrain a found cell: train=cifar10|cifar100|imagenet|chexpert genotype=<path>"),
     "evaluate": ("unrealnas.train.commands", "cmd_evaluate", "evaluate a retrain run directory: evaluate <run dir>"),
     "describe": ("unrealnas.train.commands", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),
+    "pipeline": ("unrealnas.pipeline", "cmd_pipeline", "run a paper experiment end to end: +experiment=<name> launcher=slurm|local"),
+    "table": ("unrealnas.results.commands", "cmd_table", "results table of a runs folder: table <runs dir> --format markdown|latex|csv"),
+    "plot": ("unrealnas.results.commands", "cmd_plot", "figures (Fig. 1, 5, 6, cells) of a runs folder: plot <runs dir> [out=<dir>]"),
     "status": ("unrealnas.launch.status", "cmd_status", "done/running/pending/failed per stage and group: status [runs dir]"),
     "bench": ("unrealnas.commands", "cmd_bench", "benchmarks: bench data | bench search"),
 }

@@ -108,13 +108,17 @@ def cmd_search(args: list[str]) -> int:
 
 
 def cmd_bench(args: list[str]) -> int:
-    """Run a benchmark: ``bench data`` or ``bench search``."""
+    """Run a benchmark: ``bench data|search|retrain|aggregate``."""
     positional, overrides = _split_args(args)
     what = positional[0] if positional else "data"
     if what == "data":
         from unrealnas.benchmarks.data import main as bench_main
     elif what == "search":
         from unrealnas.benchmarks.search import main as bench_main
+    elif what == "aggregate":
+        from unrealnas.benchmarks.aggregate import main as bench_main
+    elif what == "retrain":
+        from unrealnas.train.bench import main as bench_main
     else:
-        raise UserError(f"unknown benchmark {what!r}; choose data or search")
+        raise UserError(f"unknown benchmark {what!r}; choose data, search, retrain or aggregate")
     return bench_main(overrides)

@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class RetrainSpec:
     target: str = "cifar10"  # train group: cifar10 | cifar100 | imagenet | chexpert
+    root: Optional[str] = None  # the target's data folder (train.root of these retrains); null = train.root/data.root
     overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of these retrains only
     pretrained_from: Optional[str] = None  # another retrain entry (same search) whose run initialises this one
     stage: Optional[str] = None  # job array name; null = "retrain", or "finetune" when pretrained_from is set
@@ -40,8 +41,6 @@ class ExperimentConfig:
     retrain: dict[str, RetrainSpec] = field(default_factory=dict)  # name -> retrain of every search; empty = none
     search_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of every generate/search task
     stage_launcher: dict[str, dict[str, Any]] = field(default_factory=_default_stage_launchers)  # per array name
-    synthetic_cifar: Optional[str] = None  # folder for a SYNTHETIC CIFAR-format set (smoke runs without CIFAR)
-    synthetic_cifar_images: int = 512  # train images of that set (test: a quarter as many)
     plots: bool = True  # the table stage also draws the figures
 
 

@@ -1,0 +1,405 @@
+"""Tables laid out like the paper's Tables 2-5, from collected results; markdown, LaTeX and CSV.
+
+One group per (method, search_data, search_label, num_classes, target, metric): the repeats are
+the retrains of the searches with different seeds. Each group shows ``best (mean+-std)`` with the
+sample standard deviation (ddof=1) and n. A group with fewer completed runs than expected, or
+with a failed run, is flagged (CSV ``flags`` column, markdown/LaTeX footnotes that name the log
+of each failure) and never silently averaged as if it were complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from unrealnas.results.collect import MISSING, PRETRAINED_SUFFIX, Cell, Collection, Failure, RunResult
+
+CSV_COLUMNS = ("method", "search_data", "search_label", "num_classes", "target", "metric", "n", "best", "mean",
+               "std", "flags")
+FORMATS = ("markdown", "latex", "csv")
+SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a folder without retrains)
+
+# Metrics shown as columns in the paper layout (the CSV has every metric a run recorded).
+PAPER_METRICS = {"cifar10": ("top1_err",), "cifar100": ("top1_err",), "imagenet": ("top1_err", "top5_err"),
+                 "chexpert": ("auroc",), SEARCH_TARGET: ("val_acc",)}
+METRIC_ORDER = ("top1_err", "top5_err", "auroc", "val_acc")
+METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)"}
+DATA_ORDER = ("rlrd", "rlgd", "rlrn", "cifar10", "cifar100")
+TARGET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "chexpert": "CheXpert",
+                "search": "search"}
+METRIC_NAMES = {"top1_err": "top-1 err (%)", "top5_err": "top-5 err (%)", "auroc": "AUROC (%)",
+                "val_acc": "val acc (%)"}
+
+
+def lower_is_better(metric: str) -> bool:
+    """Errors and losses are minimised; accuracies and AUROC maximised."""
+    return metric.endswith("_err") or metric.endswith("loss")
+
+
+@dataclass
+class TableRow:
+    """One group and metric: the CSV row."""
+
+    method: str
+    search_data: str
+    search_label: str
+    num_classes: int | None
+    target: str
+    metric: str
+    n: int
+    best: float | None
+    mean: float | None
+    std: float | None  # sample std (ddof=1); None when n < 2
+    expected: int | None = None
+    params_m: float | None = None
+    flags: list[str] = field(default_factory=list)
+    notes: list[int] = field(default_factory=list)  # footnote numbers of this row's failures
+
+    @property
+    def cell(self) -> Cell:
+        """The sweep cell of the row."""
+        return (self.method, self.search_data, self.search_label, self.num_classes)
+
+
+@dataclass
+class Table:
+    """Rows plus what the table's footnotes need."""
+
+    rows: list[TableRow]
+    cost: dict[Cell, tuple[float, str]]  # cell -> (mean search cost, "GPU-days" | "CPU-hours")
+    failures: list[Failure]  # numbered footnotes: failure i is note i+1
+    problems: list[str]  # malformed result files that were skipped
+    notes: list[str] = field(default_factory=list)
+    title: str = ""
+
+
+def summarize(values: Sequence[float], metric: str) -> tuple[float | None, float | None, float | None]:
+    """(best, mean, sample std with ddof=1) of ``values``; std is None below two values."""
+    n = len(values)
+    if n == 0:
+        return None, None, None
+    best = min(values) if lower_is_better(metric) else max(values)
+    mean = math.fsum(values) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return best, mean, std
+
+
+def _cell_sort_key(cell: Cell) -> tuple:
+    method, data, label, classes = cell
+    methods = tuple(METHOD_NAMES)
+    return (methods.index(method) if method in methods else len(methods), method,
+            label != "random", DATA_ORDER.index(data) if data in DATA_ORDER else len(DATA_ORDER), data,
+            -1 if classes is None else classes)
+
+
+def _metric_key(metric: str) -> tuple:
+    return (METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER), metric)
+
+
+def _target_key(target: str) -> tuple:
+    base = target.removesuffix(PRETRAINED_SUFFIX)
+    names = tuple(TARGET_NAMES)
+    return (target == SEARCH_TARGET, names.index(base) if base in names else len(names), target)
+
+
+def _base_target(target: str) -> str:
+    return target.removesuffix(PRETRAINED_SUFFIX)
+
+
+def _merge_failures(collection: Collection, failures: Iterable[Failure]) -> list[Failure]:
+    """Failed result.json files plus launcher failures, one per run directory (the launcher's log wins)."""
+    merged: dict[str, Failure] = {}
+    for r in collection.failed():
+        key = os.path.realpath(r.run_dir)
+        merged[key] = Failure(r.kind, str(r.run_dir), str(r.run_dir / "result.json"), r.error or "status failed",
+                              r.cell, r.target)
+    extra: list[Failure] = []
+    for f in failures:
+        if f.run_dir is None:
+            extra.append(f)
+            continue
+        key = os.path.realpath(f.run_dir)
+        old = merged.get(key)
+        if old is not None:
+            # The result.json knows the run's provenance and error; the launcher knows the log.
+            merged[key] = Failure(old.stage, old.run_dir, f.log or old.log, old.note, old.cell or f.cell,
+                                  old.target or f.target)
+        else:
+            merged[key] = f
+    out = list(merged.values()) + extra
+    out.sort(key=lambda f: (f.stage != "search", f.run_dir or ""))
+    return out
+
+
+def build_table(collection: Collection, repeats: int | None = None, failures: Iterable[Failure] = (),
+                expected: Iterable[tuple[Cell, str]] = (), notes: Sequence[str] = (), title: str = "") -> Table:
+    """Group the completed retrains (or searches, where a cell has no retrain) and flag what is missing.
+
+    ``repeats``: runs expected per group (default: the largest number attempted in any group).
+    ``expected``: (cell, target) groups that must appear even when none of their runs completed.
+    """
+    train: dict[tuple[Cell, str], list[RunResult]] = defaultdict(list)
+    for r in collection.completed("train"):
+        train[(r.cell, str(r.target))].append(r)
+    searches: dict[Cell, list[RunResult]] = defaultdict(list)
+    for r in collection.completed("search"):
+        searches[r.cell].append(r)
+    groups: dict[tuple[Cell, str], list[RunResult]] = dict(train)
+    for cell_target in expected:
+        groups.setdefault(cell_target, [])
+    cells_with_rows = {cell for cell, _ in groups}
+    for cell, runs in searches.items():
+        if cell not in cells_with_rows:
+            groups[(cell, SEARCH_TARGET)] = runs
+
+    all_failures = _merge_failures(collection, failures)
+    failed_in: dict[tuple[Cell, str], list[int]] = defaultdict(list)
+    for i, f in enumerate(all_failures):
+        if f.cell is None:
+            continue
+        if f.stage == "search":
+            # A failed search removes a repeat from every retrain of its cell.
+            hit = [key for key in groups if key[0] == f.cell] or [(f.cell, SEARCH_TARGET)]
+        else:
+            hit = [(f.cell, f.target or SEARCH_TARGET)]
+        for key in hit:
+            groups.setdefault(key, [])
+            failed_in[key].append(i)
+
+    if repeats is None:
+        attempted = [len(runs) + len({i for i in failed_in.get(key, ()) if all_failures[i].stage != "search"})
+                     for key, runs in groups.items()]
+        repeats = max(attempted, default=0)
+
+    rows: list[TableRow] = []
+    for (cell, target), runs in groups.items():
+        if runs:
+            metrics = sorted({m for r in runs for m in r.metrics}, key=_metric_key)
+        else:
+            metrics = list(PAPER_METRICS.get(_base_target(target), ("top1_err",)))
+        params = [r.params_m for r in runs if r.params_m is not None]
+        params_m = math.fsum(params) / len(params) if params else None
+        note_ids = [i + 1 for i in failed_in.get((cell, target), [])]
+        for metric in metrics:
+            values = [r.metrics[metric] for r in runs if metric in r.metrics]
+            best, mean, std = summarize(values, metric)
+            flags = []
+            if len(values) < repeats:
+                flags.append(f"incomplete: n={len(values)} of {repeats}")
+            for i in note_ids:
+                f = all_failures[i - 1]
+                flags.append(f"failed {f.stage} [{i}]: {f.log or f.run_dir}")
+            rows.append(TableRow(cell[0], cell[1], cell[2], cell[3], target, metric, len(values), best, mean, std,
+                                 repeats, params_m, flags, note_ids))
+    rows.sort(key=lambda r: (_cell_sort_key(r.cell), _target_key(r.target), _metric_key(r.metric)))
+
+    cost: dict[Cell, tuple[float, str]] = {}
+    for cell, runs in searches.items():
+        gpu = [r.gpu_hours for r in runs if r.gpu_hours is not None]
+        cpu = [r.cpu_hours for r in runs if r.cpu_hours is not None]
+        if gpu:
+            cost[cell] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days")
+        elif cpu:
+            cost[cell] = (math.fsum(cpu) / len(cpu), "CPU-hours")
+    return Table(rows, cost, all_failures, list(collection.problems), list(notes), title)
+
+
+# ---- rendering ------------------------------------------------------------------------------------------
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def architecture_name(cell: Cell) -> str:
+    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
+    method, data, label, classes = cell
+    m = METHOD_NAMES.get(method, method)
+    if data == MISSING:
+        return m
+    if label == "random":
+        suffix = f" ({classes} classes)" if classes is not None else ""
+        return f"UnrealNAS-{m}-{data.upper()}{suffix}"
+    return f"{m}-{data.upper()} (true labels)"
+
+
+def _column_name(target: str, metric: str) -> str:
+    base = _base_target(target)
+    name = TARGET_NAMES.get(base, base)
+    if target.endswith(PRETRAINED_SUFFIX):
+        name += " (pre-trained)"
+    return f"{name} {METRIC_NAMES.get(metric, metric)}"
+
+
+def _paper_columns(table: Table) -> list[tuple[str, str]]:
+    present = {(r.target, r.metric) for r in table.rows}
+    columns = set()
+    for target, metric in present:
+        shown = PAPER_METRICS.get(_base_target(target))
+        if shown is None or metric in shown:
+            columns.add((target, metric))
+    return sorted(columns, key=lambda c: (_target_key(c[0]), _metric_key(c[1])))
+
+
+def _value_text(row: TableRow, pm: str) -> str:
+    if row.n == 0:
+        text = "-"
+    elif row.std is None:
+        text = f"{_num(row.best)}"
+    else:
+        text = f"{_num(row.best)} ({_num(row.mean)}{pm}{_num(row.std)})"
+    return f"{text} n={row.n}"
+
+
+@dataclass
+class _PaperRow:
+    cell: Cell
+    values: dict[tuple[str, str], TableRow]
+    notes: list[int]
+    flags: list[str]
+
+
+def _paper_rows(table: Table) -> list[_PaperRow]:
+    by_cell: dict[Cell, _PaperRow] = {}
+    for r in table.rows:
+        pr = by_cell.setdefault(r.cell, _PaperRow(r.cell, {}, [], []))
+        pr.values[(r.target, r.metric)] = r
+        for i in r.notes:
+            if i not in pr.notes:
+                pr.notes.append(i)
+        if r.n < (r.expected or 0):
+            flag = f"{_column_name(r.target, r.metric).split(' ')[0]} n={r.n}/{r.expected}"
+            if flag not in pr.flags:
+                pr.flags.append(flag)
+    return list(by_cell.values())
+
+
+def _params(pr: _PaperRow, columns: list[tuple[str, str]]) -> float | None:
+    # Params of the first target column (the paper reports the CIFAR-10 network's size).
+    for c in columns:
+        row = pr.values.get(c)
+        if row is not None and row.params_m is not None:
+            return row.params_m
+    return None
+
+
+def _cost_text(table: Table, cell: Cell) -> str:
+    if cell not in table.cost:
+        return "-"
+    value, unit = table.cost[cell]
+    return f"{value:.3g}" if unit == "GPU-days" else f"{value:.3g} CPU-h"
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text``, cut at ``limit`` characters (tracebacks stay in the logs)."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _footnotes(table: Table) -> list[str]:
+    lines = []
+    for i, f in enumerate(table.failures, 1):
+        where = f.log or f.run_dir or "-"
+        lines.append(f"[{i}] failed {f.stage} run {f.run_dir or '-'}: {one_line(f.note)} (log: {where})")
+    return lines
+
+
+def render_markdown(table: Table) -> str:
+    """The paper layout as a markdown table, with footnotes for flags and failures."""
+    columns = _paper_columns(table)
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", "Search cost (GPU-days)",
+            "Search data", "Search label", "Flags"]
+    lines = [f"### {table.title}", ""] if table.title else []
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
+    for pr in _paper_rows(table):
+        cells = [architecture_name(pr.cell)]
+        for c in columns:
+            row = pr.values.get(c)
+            cells.append(_value_text(row, "±") if row is not None else "")
+        flags = list(pr.flags) + [f"failed [{i}]" for i in pr.notes]
+        cells += [_num(_params(pr, columns)), _cost_text(table, pr.cell), pr.cell[1], pr.cell[2],
+                  "; ".join(flags)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines.append("")
+    lines.append("best (mean±std) over the repeats, sample std (ddof=1), n = completed runs.")
+    lines += _footnotes(table)
+    lines += [f"note: {n}" for n in table.notes]
+    lines += [f"skipped malformed result: {p}" for p in table.problems]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX's special characters in plain text."""
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def render_latex(table: Table) -> str:
+    """The paper layout as a booktabs LaTeX table; failures and flags as footnotes below it."""
+    columns = _paper_columns(table)
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", "Search cost (GPU-days)",
+            "Search data", "Search label"]
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if table.title:
+        lines.append(rf"\caption{{{latex_escape(table.title)}}}")
+    lines += [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
+              " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
+    for pr in _paper_rows(table):
+        cells = [latex_escape(architecture_name(pr.cell))]
+        for c in columns:
+            row = pr.values.get(c)
+            if row is None:
+                cells.append("")
+                continue
+            text = latex_escape(_value_text(row, "±")).replace("±", r"$\pm$")
+            marks = [str(i) for i in row.notes] + (["*"] if row.n < (row.expected or 0) else [])
+            cells.append(text + (rf"$^{{{','.join(marks)}}}$" if marks else ""))
+        cells += [_num(_params(pr, columns)), latex_escape(_cost_text(table, pr.cell)), latex_escape(pr.cell[1]),
+                  latex_escape(pr.cell[2])]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize",
+              r"best (mean$\pm$std) over the repeats, sample std, n = completed runs; "
+              r"$^{*}$ incomplete group (fewer runs than repeats)."]
+    for line in _footnotes(table):
+        lines.append(r"\par " + latex_escape(line))
+    for n in table.notes:
+        lines.append(r"\par " + latex_escape(f"note: {n}"))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def _csv_num(v: float | None) -> str:
+    return "" if v is None else repr(round(v, 6))
+
+
+def render_csv(table: Table) -> str:
+    """One row per group and metric, the columns of DESIGN.md plus ``flags``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for r in table.rows:
+        writer.writerow([r.method, r.search_data, r.search_label, "" if r.num_classes is None else r.num_classes,
+                         r.target, r.metric, r.n, _csv_num(r.best), _csv_num(r.mean), _csv_num(r.std),
+                         "; ".join(r.flags)])
+    return buf.getvalue()
+
+
+RENDERERS = {"markdown": render_markdown, "latex": render_latex, "csv": render_csv}
+SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv"}
+
+
+def render(table: Table, fmt: str) -> str:
+    """The table in ``fmt``: markdown | latex | csv."""
+    if fmt not in RENDERERS:
+        from unrealnas.errors import UserError
+
+        raise UserError(f"unknown table format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return RENDERERS[fmt](table)
