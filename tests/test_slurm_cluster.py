@@ -303,3 +303,28 @@ def test_srun_two_tasks_runs_one_ddp_retrain(cluster, tmp_path, cifar_root):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads((tmp_path / "runs" / "train" / "srun" / "result.json").read_text())
     assert result["status"] == "completed" and result["world_size"] == 2
+
+
+def test_preempted_search_is_requeued_and_ends_like_an_uninterrupted_one(cluster, tmp_path):
+    """A real search task interrupted (USR2) mid-search: requeued, resumed from its checkpoint, same alphas."""
+    from unrealnas.config import compose_config
+    from unrealnas.search.run import run_search, search_run_dir
+
+    tiny = ["preset=smoke", "search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
+            "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=7",
+            "search.checkpoint_every=2", "device=cpu"]
+    straight = run_search(compose_config([*tiny, f"paths.data={tmp_path / 'a'}", f"paths.runs={tmp_path / 'a'}"]))
+    overrides = [*tiny, f"paths.data={tmp_path / 'b'}", f"paths.runs={tmp_path / 'b'}"]
+    run_dir = search_run_dir(compose_config(overrides))
+    (job,) = submit_array([Task("search", overrides, run_dir=run_dir)], _launcher(tmp_path), "search")
+    deadline = time.time() + 180
+    while not (run_dir / "checkpoint.pt").exists():
+        assert time.time() < deadline, "the search never checkpointed"
+        time.sleep(0.2)
+    assert not (run_dir / "result.json").exists(), "the search finished before it could be interrupted"
+    job._interrupt()  # preemption: SIGTERM then USR2; submitit requeues a fresh copy of the task
+    assert Path(job.result()) == run_dir
+    assert "resuming at epoch" in Path(job.paths.stderr).read_text()
+    a = json.loads((straight / "result.json").read_text())
+    b = json.loads((run_dir / "result.json").read_text())
+    assert a["alphas"] == b["alphas"] and a["genotype_json"] == b["genotype_json"]
