@@ -1,0 +1,187 @@
+"""The benchmarks run in a tiny mode and return sane rows (no timing assertions), and the GPU check's plumbing."""
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from unrealnas.benchmarks import data as data_bench
+from unrealnas.benchmarks import search as search_bench
+from unrealnas.benchmarks.table import format_table, pop_options, report
+from unrealnas.config import compose_config
+from unrealnas.errors import ConfigError
+
+# A 3-cell, 2-channel supernet on 8x8 images: a search iteration takes well under a second on CPU.
+TINY = ["preset=smoke", "device=cpu", "search.layers=3", "search.init_channels=2", "search.resolution=8",
+        "search.batch_size=4", "data.num_classes=10"]
+
+
+def _load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_aligns_columns_and_writes_json(tmp_path, capsys):
+    rows = [{"name": "a", "images_per_s": 123456.7, "note": None}, {"name": "longer name", "images_per_s": 0.5}]
+    text = format_table(rows, ["name", "images_per_s", "note"])
+    lines = text.splitlines()
+    assert lines[0].startswith("name") and "123,457" in text and "0.5" in text
+    assert len({len(line) for line in lines[2:]}) == 1  # numbers right-aligned to one width
+    report("demo", rows, ["name", "images_per_s"], str(tmp_path / "out.json"), notes=["a note"])
+    payload = json.loads((tmp_path / "out.json").read_text())
+    assert payload["benchmark"] == "demo" and payload["rows"] == rows and payload["notes"] == ["a note"]
+    assert "load_avg_1m" in payload["meta"] and "a note" in capsys.readouterr().out
+
+
+def test_pop_options_types_and_leaves_overrides():
+    spec = {"quick": (bool, False), "steps": (int, None), "json": (str, None)}
+    opts, rest = pop_options(["quick=true", "steps=3", "preset=smoke", "search.lr=0.1", "json=null"], spec)
+    assert opts == {"quick": True, "steps": 3, "json": None} and rest == ["preset=smoke", "search.lr=0.1"]
+    with pytest.raises(ConfigError, match="steps=x"):
+        pop_options(["steps=x"], spec)
+    with pytest.raises(ConfigError, match="quick=maybe"):
+        pop_options(["quick=maybe"], spec)
+
+
+def test_paper_projection_counts_warmup_epochs_as_weight_steps_only():
+    p = search_bench.paper_schedule()
+    assert p == {"warmup_epochs": 5, "search_epochs": 50, "batch_size": 64, "iters_per_epoch": 390,
+                 "train_images": 25_000}
+    assert search_bench.project_paper_hours(1.0, 1.0, 64) == pytest.approx(390 * (50 * 2 + 5 * 1) / 3600)
+    # a smaller measured batch is scaled per image: 8 images at half a second = 64 at 4 s
+    assert search_bench.project_paper_hours(0.25, 0.25, 8) == pytest.approx(search_bench.project_paper_hours(2, 2, 64))
+
+
+def test_search_benchmark_rows_for_both_orders():
+    cfg = compose_config(TINY)
+    rows = search_bench.run_search_benchmark(cfg, ["darts", "darts2"], steps=1, warmup=0)
+    assert [(r["method"], r["variant"]) for r in rows] == [("darts", "baseline"), ("darts", "optimised"),
+                                                            ("darts2", "baseline"), ("darts2", "optimised")]
+    for r in rows:
+        assert r["s_per_iter"] > 0 and r["images_per_s"] > 0 and r["paper_search_h"] > 0
+        assert r["s_per_iter"] == pytest.approx(r["arch_s"] + r["weight_s"])
+    # on CPU, amp=auto and channels_last=auto select neither: the optimised row is the baseline, and says so
+    assert rows[1]["vs_baseline"] == 1.0 and "= baseline, not re-measured" in rows[1]["note"] and not rows[1]["channels_last"]
+    with pytest.raises(ConfigError, match="unknown method"):
+        search_bench.run_search_benchmark(cfg, ["sgas_c1"], steps=1, warmup=0)
+
+
+def test_search_benchmark_iterations_update_weights_and_alphas():
+    cfg = compose_config(TINY)
+    b = search_bench.build_search_bench(cfg.search, 10, 3, 8, torch.device("cpu"), "baseline")
+    alphas = [a.detach().clone() for a in b.model.arch_parameters()]
+    weights = [w.detach().clone() for w in b.model.weight_parameters()]
+    t = search_bench.time_search_iterations(b, torch.device("cpu"), steps=2, warmup=0)
+    assert t["arch_s"] > 0 and t["weight_s"] > 0
+    assert all(not torch.equal(a, b2) for a, b2 in zip(alphas, b.model.arch_parameters(), strict=True))
+    assert any(not torch.equal(w, w2) for w, w2 in zip(weights, b.model.weight_parameters(), strict=True))
+    assert b.val.state_dict()["batch"] == 2  # the persistent validation stream advanced once per iteration
+
+
+def test_optimised_variant_can_be_forced_on_cpu():
+    cfg = compose_config([*TINY, "search.amp=bf16", "search.channels_last=on"])
+    rows = search_bench.bench_method(cfg, "darts", torch.device("cpu"), steps=1, warmup=0, compile_=False)
+    assert rows[1]["variant"] == "optimised" and rows[1]["channels_last"] and rows[1]["amp"] == "bf16"
+    assert "= baseline" not in rows[1]["note"]  # measured, not copied from the baseline
+
+
+@pytest.mark.slow
+def test_compile_variant_runs(monkeypatch):
+    # dynamo's eager backend traces the supernet as compile=true does, without inductor's minutes of codegen on CPU
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    rows = search_bench.bench_method(compose_config(TINY), "darts", torch.device("cpu"), steps=1, warmup=0,
+                                     compile_=True)
+    assert [r["variant"] for r in rows] == ["baseline", "optimised", "compile"]
+    assert rows[2]["s_per_iter"] > 0 and rows[2]["vs_baseline"] > 0
+
+
+def test_bench_search_cli_writes_json(tmp_path, capsys):
+    out = tmp_path / "search.json"
+    assert search_bench.main([*TINY, "steps=1", "warmup=0", "methods=darts", f"json={out}", "threads=1"]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["benchmark"] == "search" and len(payload["rows"]) == 2
+    text = capsys.readouterr().out
+    assert "paper_search_h" in text and "darts" in text
+
+
+def test_data_benchmark_rows(tmp_path, capsys):
+    out = tmp_path / "data.json"
+    rc = data_bench.main([*TINY, "quick=true", "images=256", "fractal=false", "ffcv=false", f"tmp={tmp_path}",
+                          f"json={out}", "threads=1"])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    sections = {r["section"] for r in rows}
+    assert {"generator rlrn", "generator rlrd", "store", "loader", "search step"} <= sections
+    measured = [r for r in rows if r.get("images_per_s") is not None]
+    assert all(r["images_per_s"] > 0 and r["seconds"] > 0 for r in measured)
+    devices = [r for r in rows if r.get("kind") == "device"]
+    assert len(devices) == 3 and all(r["vs_step"] > 0 for r in devices)
+    assert any("skipped" in (r.get("note") or "") for r in rows)  # FFCV and fractal rows say why they are absent
+    step = next(r for r in rows if r.get("kind") == "step")
+    assert step["images"] == 2 * 8 * 2  # quick on CPU: batch 8, two batches per iteration, 2 timed iterations
+    assert "device loader vs search step" in capsys.readouterr().out
+    assert not list(tmp_path.glob("unrealnas-bench-data-*"))  # the temp datasets are removed
+
+
+def test_target_notes_report_met_and_not_met():
+    rows = [{"name": "FracDB-100 at 32 px total (search + render 60000)", "seconds": 45.0, "extrapolated": True},
+            {"name": "render 362 px / 200000 points, vectorised, 1 image alone", "speedup": 30.0, "images": 1,
+             "seconds": 0.03},
+            {"name": "search", "kind": "step", "images_per_s": 100.0},
+            {"name": "DeviceLoader x", "kind": "device", "vs_step": 25.0}]
+    notes = data_bench.target_notes(rows, torch.device("cpu"))
+    assert "45.0 s (extrapolated from a tenth) -> met" in notes[0]
+    assert "30x" in notes[1] and "NOT met" in notes[1] and "reference loop: 200x" in notes[1]
+    assert "25x" in notes[2] and "-> met" in notes[2]
+
+
+def test_gpu_check_dry_run_subset(tmp_path, capsys):
+    gpu_check = _load_gpu_check()
+    only = ["forward_backward_cuda_vs_cpu", "bf16_autocast_loss", "first_order_alpha_grad_cuda_vs_cpu",
+            "device_loader_cuda_vs_cpu"]
+    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path), "--only", *only]) == 0
+    summary = json.loads((tmp_path / "gpu_check_correctness.json").read_text())
+    assert summary["passed"] == 4 and summary["failed"] == 0 and summary["dry_run"]
+    assert capsys.readouterr().out.count("PASS ") == 5  # four checks and the total
+
+
+def test_gpu_check_reports_a_crashing_check_as_fail(tmp_path, monkeypatch, capsys):
+    gpu_check = _load_gpu_check()
+
+    def boom(dev, sizes, work):
+        raise RuntimeError("simulated CUDA error")
+
+    monkeypatch.setattr(gpu_check, "CHECKS", [("boom", boom)])
+    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 1
+    assert "FAIL boom: RuntimeError: simulated CUDA error" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_script_cpu_dry_run(tmp_path):
+    out = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-dry-run"], capture_output=True,
+                         text=True, timeout=1800, env={**os.environ, "OUT": str(tmp_path)}, cwd=REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    summary = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert summary["failed"] == 0 and {s["stage"] for s in summary["stages"]} >= {"env", "correctness",
+                                                                                   "bench_search", "bench_data"}
+    for name in ("gpu_check.log", "gpu_check_correctness.json", "bench_search.json", "bench_data.json"):
+        assert (tmp_path / name).exists(), name
+
+
+@pytest.mark.slow
+@pytest.mark.ffcv
+def test_ffcv_rows(tmp_path):
+    pytest.importorskip("ffcv")
+    cfg_rows = data_bench.run_data_benchmark(TINY, quick=True, tmp=tmp_path, ffcv=True, n_images=256,
+                                             fractal_rows=lambda quick: [])
+    ffcv_rows = [r for r in cfg_rows if "FFCV" in r["name"]]
+    assert len(ffcv_rows) == 2 and all(r["images_per_s"] > 0 for r in ffcv_rows), ffcv_rows

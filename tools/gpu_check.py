@@ -1,0 +1,316 @@
+"""CUDA correctness checks of the search on a lent GPU; one PASS/FAIL line per check and a JSON summary.
+
+Run by ``tools/gpu_check.sh`` (``python3 tools/gpu_check.py [--cpu-dry-run] [--out DIR]``). Checks:
+
+1. ``forward_backward_cuda_vs_cpu``: a supernet (same seed) gives the same logits, loss, weight and
+   alpha gradients on CUDA and CPU in fp32 (TF32 off for the comparison): relative L2 error < 1e-3.
+2. ``bf16_autocast_loss``: the loss under bf16 autocast is within 2% of the fp32 loss (relative);
+   the cosine similarity of the bf16 and fp32 alpha gradients is reported.
+3. ``first_order_alpha_grad_cuda_vs_cpu``: ``first_order_alpha_grads`` on CUDA vs CPU, fp32: < 1e-3.
+4. ``second_order_fp32_under_autocast``: the unrolled (darts2) hypergradient computed inside a bf16
+   autocast region is fp32 and equals the one computed without autocast (deterministic cuDNN,
+   relative error < 1e-5); it is also within 1e-2 of the CPU one; an ``Architect.step`` under
+   autocast moves the alphas and keeps them finite. For contrast, the error of the same
+   hypergradient with ``hypergrad_amp=True`` (bf16) is reported.
+5. ``device_loader_cuda_vs_cpu``: ``DeviceLoader`` batches (crop+flip, flip_all, none; normalised
+   uint8 and float16 data; 2 epochs) on CUDA equal those on CPU for the same seed (labels exact,
+   images to 1e-6).
+6. ``tiny_search_cuda``: a 2-epoch search (smoke preset: 1 warm-up + 1 search epoch) on CUDA
+   completes with a valid ``genotype.json`` and finite alphas in ``result.json``.
+
+``--cpu-dry-run`` runs everything on CPU at tiny sizes ("CUDA" is then the CPU too), to test the
+plumbing on a machine without a GPU. Exit status 0 when every check passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Supernet and batch sizes of the checks."""
+
+    C: int
+    layers: int
+    batch: int
+    hw: int
+    classes: int
+
+
+GPU_SIZES = Sizes(C=8, layers=5, batch=32, hw=32, classes=10)
+DRY_SIZES = Sizes(C=4, layers=3, batch=8, hw=16, classes=5)
+
+
+def rel_err(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]) -> float:
+    """||a - b|| / ||b|| over all tensors (on the CPU, in float64)."""
+    if isinstance(a, torch.Tensor):
+        a, b = [a], [b]
+    a_flat = torch.cat([t.detach().double().cpu().flatten() for t in a])
+    b_flat = torch.cat([t.detach().double().cpu().flatten() for t in b])
+    return float((a_flat - b_flat).norm() / b_flat.norm().clamp_min(1e-30))
+
+
+def cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """Cosine similarity of two lists of tensors, flattened together."""
+    a_flat = torch.cat([t.detach().double().cpu().flatten() for t in a])
+    b_flat = torch.cat([t.detach().double().cpu().flatten() for t in b])
+    return float(torch.nn.functional.cosine_similarity(a_flat, b_flat, dim=0))
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """TF32 off and deterministic cuDNN while comparing fp32 results (restored afterwards)."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark) = saved
+
+
+def make_net(s: Sizes, seed: int = 0):
+    """A supernet with non-uniform alphas (uniform ones give degenerate alpha gradients)."""
+    from unrealnas.nas.supernet import SuperNet
+
+    torch.manual_seed(seed)
+    net = SuperNet(s.C, s.classes, s.layers)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.normal_(0, 0.5)
+    return net
+
+
+def make_batch(s: Sizes, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CPU batch of N(0,1) images and labels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(s.batch, 3, s.hw, s.hw, generator=g), torch.randint(0, s.classes, (s.batch,), generator=g)
+
+
+def _grads(net) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    weights = [p.grad if p.grad is not None else torch.zeros_like(p) for p in net.weight_parameters()]
+    return weights, [a.grad for a in net.arch_parameters()]
+
+
+# ---------------------------------------------------------------------- checks
+
+
+def check_forward_backward(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """Supernet forward/backward on ``dev`` vs CPU in fp32."""
+    net_cpu = make_net(s)
+    net_dev = copy.deepcopy(net_cpu).to(dev)
+    x, y = make_batch(s)
+    with exact_fp32():
+        out_cpu = net_cpu(x)
+        loss_cpu = net_cpu.criterion(out_cpu, y)
+        loss_cpu.backward()
+        out_dev = net_dev(x.to(dev))
+        loss_dev = net_dev.criterion(out_dev, y.to(dev))
+        loss_dev.backward()
+    (w_cpu, a_cpu), (w_dev, a_dev) = _grads(net_cpu), _grads(net_dev)
+    errs = {"logits": rel_err(out_dev, out_cpu), "loss": rel_err(loss_dev, loss_cpu),
+            "weight_grads": rel_err(w_dev, w_cpu), "alpha_grads": rel_err(a_dev, a_cpu)}
+    ok = all(e < 1e-3 for e in errs.values())
+    return ok, "relative L2 errors " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + " (limit 1e-3)"
+
+
+def check_bf16_loss(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """Loss under bf16 autocast close to fp32 on ``dev``."""
+    from unrealnas.nas.darts import first_order_alpha_grads
+    from unrealnas.runtime import autocast_for
+
+    net = make_net(s).to(dev)
+    x, y = (t.to(dev) for t in make_batch(s))
+    loss32, g32 = first_order_alpha_grads(net, x, y)
+    with autocast_for(dev, "bf16"):
+        loss16, g16 = first_order_alpha_grads(net, x, y)
+    err = abs(float(loss16) - float(loss32)) / abs(float(loss32))
+    return err < 2e-2, (f"fp32 loss {float(loss32):.5f}, bf16 {float(loss16):.5f}, relative diff {err:.1e} (limit 2e-2); "
+                        f"alpha-gradient cosine bf16 vs fp32 {cosine(g16, g32):.4f}")
+
+
+def check_first_order_alpha_grad(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """First-order alpha gradients on ``dev`` vs CPU, fp32."""
+    from unrealnas.nas.darts import first_order_alpha_grads
+
+    net_cpu = make_net(s)
+    net_dev = copy.deepcopy(net_cpu).to(dev)
+    x, y = make_batch(s, seed=2)
+    with exact_fp32():
+        l_cpu, g_cpu = first_order_alpha_grads(net_cpu, x, y)
+        l_dev, g_dev = first_order_alpha_grads(net_dev, x.to(dev), y.to(dev))
+    err = rel_err(g_dev, g_cpu)
+    return err < 1e-3, f"relative L2 error {err:.1e} (limit 1e-3); val loss {float(l_dev):.5f} vs {float(l_cpu):.5f}"
+
+
+def _second_order_setup(net, s: Sizes, dev: torch.device):
+    """SGD with momentum buffers (one weight step taken) and two batches, as a search has mid-run."""
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+    x, y = (t.to(dev) for t in make_batch(s, seed=3))
+    xv, yv = (t.to(dev) for t in make_batch(s, seed=4))
+    net.loss(x, y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt, x, y, xv, yv
+
+
+def check_second_order(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """The darts2 hypergradient under bf16 autocast stays fp32, equals the plain fp32 one and the CPU one."""
+    from unrealnas.nas.darts import Architect
+    from unrealnas.runtime import autocast_for
+
+    base = make_net(s)
+    results = {}
+    with exact_fp32():
+        for name, where in (("cpu", torch.device("cpu")), ("dev", dev)):
+            net = copy.deepcopy(base).to(where)
+            opt, x, y, xv, yv = _second_order_setup(net, s, where)
+            arch = Architect(net, unrolled=True)
+            _, plain = arch.alpha_grads(xv, yv, x, y, opt)
+            if name == "dev":
+                with autocast_for(dev, "bf16"):
+                    _, under_amp = arch.alpha_grads(xv, yv, x, y, opt)
+                    _, bf16 = Architect(net, unrolled=True, hypergrad_amp=True).alpha_grads(xv, yv, x, y, opt)
+                    before = [a.detach().clone() for a in net.arch_parameters()]
+                    arch.step(xv, yv, x, y, opt)
+                after = net.arch_parameters()
+                moved = any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+                finite = all(bool(torch.isfinite(a).all()) for a in after)
+                results.update(under_amp=under_amp, bf16=bf16, moved=moved, finite=finite)
+            results[name] = plain
+    dtypes = {str(g.dtype) for g in results["under_amp"]}
+    e_amp = rel_err(results["under_amp"], results["dev"])
+    e_cpu = rel_err(results["dev"], results["cpu"])
+    e_bf16 = rel_err(results["bf16"], results["dev"])
+    ok = dtypes == {"torch.float32"} and e_amp < 1e-5 and e_cpu < 1e-2 and results["moved"] and results["finite"]
+    return ok, (f"dtype {','.join(sorted(dtypes))}; under autocast vs fp32 {e_amp:.1e} (limit 1e-5); {dev.type} vs cpu "
+                f"{e_cpu:.1e} (limit 1e-2); step moved alphas {results['moved']}, finite {results['finite']}; "
+                f"for contrast, hypergradient in bf16 differs by {e_bf16:.1e}")
+
+
+def check_device_loader(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """DeviceLoader on ``dev`` gives the same batches as on CPU for the same seed."""
+    from unrealnas.data.cifar import CIFAR10_MEAN, CIFAR10_STD
+    from unrealnas.data.loaders import DeviceLoader
+
+    g = torch.Generator().manual_seed(5)
+    n = 4 * s.batch + 3
+    u8 = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+    f16 = torch.randn(n, 3, 32, 32, generator=g).to(torch.float16)
+    labels = torch.randint(0, s.classes, (n,), generator=g)
+    norm = {"mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)}
+    cases = [("uint8", u8, "crop_flip", norm), ("uint8", u8, "flip_all", norm), ("uint8", u8, "none", norm),
+             ("float16", f16, "crop_flip", None), ("float16", f16, "flip", None)]
+    worst, batches, labels_ok = 0.0, 0, True
+    for _, images, augment, nrm in cases:
+        loaders = [DeviceLoader(images.to(d), labels.to(d), s.batch, seed=7, augment=augment, normalization=nrm)
+                   for d in (torch.device("cpu"), dev)]
+        for epoch in (0, 1):
+            for (xa, ya), (xb, yb) in zip(loaders[0].epoch(epoch), loaders[1].epoch(epoch), strict=True):
+                labels_ok &= torch.equal(ya, yb.cpu())
+                worst = max(worst, float((xa - xb.cpu()).abs().max()))
+                batches += 1
+    ok = labels_ok and worst <= 1e-6
+    return ok, f"{batches} batches over {len(cases)} cases x 2 epochs: labels equal {labels_ok}, max |dx| {worst:.1e}"
+
+
+def check_tiny_search(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """A 2-epoch smoke search on ``dev`` completes with a valid genotype."""
+    from unrealnas.config import compose_config
+    from unrealnas.nas.genotype import Genotype
+    from unrealnas.search.run import run_search
+
+    cfg = compose_config(["preset=smoke", f"device={dev.type}", f"paths.data={work / 'datasets'}",
+                          f"paths.runs={work / 'runs'}", "search.warmup_epochs=1", "search.epochs=1",
+                          "data.num_classes=10"])
+    t0 = time.perf_counter()
+    run_dir = run_search(cfg)
+    seconds = time.perf_counter() - t0
+    result = json.loads((run_dir / "result.json").read_text())
+    genotype = Genotype.load(run_dir / "genotype.json")  # validates the DARTS Genotype shape
+    alphas = torch.tensor(result["alphas"]["normal"] + result["alphas"]["reduce"])
+    ok = (result["status"] == "completed" and result["device"].startswith(dev.type) and result["epochs"] == 2
+          and bool(torch.isfinite(alphas).all()))
+    return ok, (f"{result['epochs']} epochs on {result['device']} in {seconds:.1f} s; normal "
+                f"{[op for op, _ in genotype.normal]}; skips {result['metrics']['skip_normal']}/"
+                f"{result['metrics']['skip_reduce']}")
+
+
+CHECKS: list[tuple[str, Callable[[torch.device, Sizes, Path], tuple[bool, str]]]] = [
+    ("forward_backward_cuda_vs_cpu", check_forward_backward),
+    ("bf16_autocast_loss", check_bf16_loss),
+    ("first_order_alpha_grad_cuda_vs_cpu", check_first_order_alpha_grad),
+    ("second_order_fp32_under_autocast", check_second_order),
+    ("device_loader_cuda_vs_cpu", check_device_loader),
+    ("tiny_search_cuda", check_tiny_search),
+]
+
+
+def run_checks(dev: torch.device, sizes: Sizes, work: Path, only: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run every check (or those in ``only``); one result dict each, printed as it finishes."""
+    results = []
+    for name, fn in CHECKS:
+        if only and name not in only:
+            continue
+        t0 = time.perf_counter()
+        try:
+            ok, detail = fn(dev, sizes, work)
+        except Exception as e:  # a crash is a failed check, and the others still run
+            ok, detail = False, f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        seconds = time.perf_counter() - t0
+        print(f"{'PASS' if ok else 'FAIL'} {name}: {detail} [{seconds:.1f} s]", flush=True)
+        results.append({"check": name, "passed": bool(ok), "detail": detail, "seconds": round(seconds, 2)})
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run the checks, write ``<out>/gpu_check_correctness.json``; 0 if all pass."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu-dry-run", action="store_true", help="run on CPU at tiny sizes (tests the plumbing)")
+    ap.add_argument("--out", default="/tmp/gpu_check", help="folder for the JSON summary")
+    ap.add_argument("--only", nargs="*", default=[], help="run only these checks")
+    args = ap.parse_args(argv)
+    if args.cpu_dry_run:
+        dev, sizes = torch.device("cpu"), DRY_SIZES
+        torch.set_num_threads(1)  # tiny sizes: threads only add overhead on a shared CPU
+    else:
+        if not torch.cuda.is_available():
+            print("FAIL cuda_available: torch.cuda.is_available() is False (torch "
+                  f"{torch.__version__}); use --cpu-dry-run to test the plumbing", flush=True)
+            return 1
+        dev, sizes = torch.device("cuda"), GPU_SIZES
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    info = {"device": str(dev), "dry_run": args.cpu_dry_run, "torch": torch.__version__, "sizes": sizes.__dict__,
+            "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None}
+    print(f"gpu_check: {json.dumps(info)}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="gpu_check_work-") as work:
+        results = run_checks(dev, sizes, Path(work), args.only)
+    passed = sum(r["passed"] for r in results)
+    summary = {**info, "passed": passed, "failed": len(results) - passed, "checks": results}
+    (out / "gpu_check_correctness.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{'PASS' if passed == len(results) else 'FAIL'} correctness: {passed}/{len(results)} checks passed",
+          flush=True)
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
