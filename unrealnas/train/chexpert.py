@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, Subset
 
 from unrealnas.errors import ConfigError, DataError
 from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, SampledTarget
-from unrealnas.train.target import TargetSpec, per_rank_batch
+from unrealnas.train.target import TargetSpec
 
 PATHOLOGIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
@@ -137,11 +137,5 @@ class CheXpertTarget(SampledTarget):
         if spec.max_eval_images is not None and spec.max_eval_images < len(vp):
             self.val_ds = Subset(self.val_ds, list(range(spec.max_eval_images)))
         self.num_classes = len(PATHOLOGIES)
-        self.num_train, self.num_eval = len(self.train_ds), len(self.val_ds)
         self.input_size = spec.resolution
-        env = spec.env
-        self.per_rank_batch = per_rank_batch(spec.batch_size, env)
-        if self.num_train < env.world_size:
-            raise DataError(f"chexpert: {self.num_train} training images cannot feed {env.world_size} ranks")
-        self.sampler = DistributedSampler(self.train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                          seed=spec.seed, drop_last=True)
+        self._setup_sampler()

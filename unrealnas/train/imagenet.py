@@ -50,6 +50,17 @@ class SampledTarget(Target):
     worker seeds come from (seed, name, epoch, rank), so augmentation replays after a resume.
     """
 
+    def _setup_sampler(self) -> None:
+        """Per-rank batch and the seeded DistributedSampler over ``train_ds``."""
+        spec, env = self.spec, self.spec.env
+        self.num_train, self.num_eval = len(self.train_ds), len(self.val_ds)
+        self.per_rank_batch = per_rank_batch(spec.batch_size, env)
+        if self.num_train < env.world_size:
+            raise DataError(f"{self.name}: {self.num_train} training images cannot feed {env.world_size} ranks")
+        # drop_last=True gives every rank the same number of images (DDP needs equal step counts).
+        self.sampler = DistributedSampler(self.train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
+                                          seed=spec.seed, drop_last=True)
+
     def steps_per_epoch(self) -> int:
         """Steps per epoch on this rank (last partial batch included)."""
         return -(-len(self.sampler) // self.per_rank_batch)
@@ -101,12 +112,5 @@ class ImageFolderTarget(SampledTarget):
         self.num_classes = len(train.classes)
         self.train_ds = first_n(train, spec.max_images, spec.seed)
         self.val_ds = first_n(val, spec.max_eval_images, spec.seed)
-        self.num_train, self.num_eval = len(self.train_ds), len(self.val_ds)
         self.input_size = r
-        env = spec.env
-        self.per_rank_batch = per_rank_batch(spec.batch_size, env)
-        if self.num_train < env.world_size:
-            raise DataError(f"imagenet: {self.num_train} training images cannot feed {env.world_size} ranks")
-        # drop_last=True gives every rank the same number of images (DDP needs equal step counts).
-        self.sampler = DistributedSampler(self.train_ds, num_replicas=env.world_size, rank=env.rank, shuffle=True,
-                                          seed=spec.seed, drop_last=True)
+        self._setup_sampler()
