@@ -41,7 +41,15 @@ AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method",
              "genotype", "train.run_id", "train.pretrained")
 CIFAR_NAMES = ("cifar10", "cifar100")
 OFFLINE_TARGETS = ("digits",)  # targets that need no data folder (scikit-learn ships them)
-NEEDS_CIFAR = {"rlrd": None, "cifar10": None, "cifar100": None}  # search data read from a CIFAR folder
+
+
+def _search_source(data: DictConfig) -> str | None:
+    """The CIFAR name a search dataset is read from (None: generated, or shipped with a package)."""
+    if data.name == "rlrd":
+        return None if data.source in OFFLINE_TARGETS else str(data.source)
+    return str(data.name) if data.name in CIFAR_NAMES else None
+
+
 TABLE_VERB = "unrealnas.pipeline:table_stage"
 PLAN_FILE = "plan.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -279,9 +287,10 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                             *([f"data.num_classes={int(classes)}"] if classes is not None else []),
                             *exp.search_overrides, *paths]
                 cfg0 = compose_config([*cell_ovs, f"seed={seeds[0]}"])
-                if cfg0.data.name in NEEDS_CIFAR:
+                source = _search_source(cfg0.data)
+                if source is not None:
                     _check_folder(cfg0.data.root, f"search data {dataset}: data.root",
-                                  f"set data.root=<folder holding the {cfg0.data.source} python version>")
+                                  f"set data.root=<folder holding the {source} python version>")
                 label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
                 cell = [str(method), str(cfg0.data.name), label, n_cls]
                 group = "/".join([*cell[:3], f"c{n_cls}"])

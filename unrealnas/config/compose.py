@@ -104,6 +104,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")
     _check(s.channels_last in ("auto", "on", "off"), "search.channels_last", s.channels_last, "choose auto, on or off")
     _check(cfg.launcher.name in ("local", "slurm"), "launcher.name", cfg.launcher.name, "choose local or slurm")
+    _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
+           "use 1 (one task at a time) or more")
     _check(cfg.format in ("text", "json"), "format", cfg.format, "choose text or json")
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "choose auto, cpu, cuda or cuda:N")

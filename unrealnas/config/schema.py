@@ -147,6 +147,7 @@ class LauncherConfig:
     cpus_per_task: int = 8
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
+    local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
     folder: str = "${paths.runs}/slurm"
     extra: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_additional_parameters
 

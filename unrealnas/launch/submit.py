@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -278,6 +278,10 @@ def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
         _say(f"{name}: {len(jobs)} task(s) not run ({blocked})")
         return jobs
     record()
+    workers = min(int(_get(launcher_cfg, "local_workers", 1) or 1), len(jobs))
+    if workers > 1:
+        _run_local_parallel(jobs, name, folder, workers, record)
+        return jobs
     _say(f"{name}: running {len(jobs)} task(s) here, one after another; logs in {folder}")
     for i, job in enumerate(jobs):
         job.state = "RUNNING"
@@ -296,6 +300,75 @@ def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
                 traceback.print_exc()
         record()
     return jobs
+
+
+def _run_in_worker(task: Task, log_path: Path, threads: int) -> Any:
+    """One task in a worker process of the parallel local launcher; its output goes to its log only."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        print(f"running with {threads} torch thread(s): {task.describe()}", file=log)
+        try:
+            return run_task(task)
+        except BaseException:
+            traceback.print_exc(file=log)
+            raise
+
+
+def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: int, record: Callable[[], None]) -> None:
+    """Run ``jobs`` in ``workers`` fresh processes at a time, the CPU cores split evenly between them.
+
+    Small CPU models spend most of a step in per-op overhead that more threads do not shorten, so
+    two one-thread processes do nearly twice the work of one two-thread process. Each process runs
+    one task and exits (spawned, so no torch state is shared), exactly as an array task would.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    _say(f"{name}: running {len(jobs)} task(s) here, {workers} at a time ({threads} torch thread(s) each); "
+         f"logs in {folder}")
+    from concurrent.futures.process import BrokenProcessPool
+
+    def new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   max_tasks_per_child=1)
+
+    pool = new_pool()
+    running: dict[Any, LocalJob] = {}
+    queue = list(jobs)
+    done_count = 0
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.pop(0)
+                job.state = "RUNNING"
+                running[pool.submit(_run_in_worker, job.task, job.log_path, threads)] = job
+                _say(f"[{name} started] {job.task.describe()}")
+            record()
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                done_count += 1
+                exc = fut.exception()
+                if exc is None:
+                    job.value, job.state = fut.result(), "COMPLETED"
+                else:  # one failed task must not stop the others, as in an array
+                    job.state, job.error, job._exc = "FAILED", f"{type(exc).__name__}: {exc}", exc
+                    if isinstance(exc, BrokenProcessPool):  # a worker was killed: the pool cannot take more
+                        pool.shutdown(wait=False)
+                        pool = new_pool()
+                _say(f"[{name} {done_count}/{len(jobs)} {job.state.lower()}] {job.task.describe()}"
+                     + (f": {job.error} (log: {job.log_path})" if job.error else ""))
+    except KeyboardInterrupt:
+        for job in [*running.values(), *queue]:
+            job.state, job.error = "CANCELLED", "interrupted"
+        record()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    record()
 
 
 # ---- the one entry point ----------------------------------------------------------------------------

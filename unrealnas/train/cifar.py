@@ -62,8 +62,6 @@ class CifarTarget(Target):
     def __init__(self, spec: TargetSpec, name: str) -> None:
         self.name = name
         self.spec = spec
-        if spec.resolution != 32:
-            raise DataError(f"{name} images are 32x32; set train.resolution=32 (got {spec.resolution})")
         train, test, (mean, std) = self.read_splits(spec, name)
         if len(train.labels) == 0 or len(test.labels) == 0:
             raise DataError(f"{name}: the train or test split under {spec.root} holds no images")
@@ -82,7 +80,7 @@ class CifarTarget(Target):
         self.std = torch.tensor(std, device=dev).view(1, 3, 1, 1)
         self.num_classes = train.num_classes
         self.num_train, self.num_eval = len(ty), len(vy)
-        self.input_size = 32
+        self.input_size = int(self.train_x.shape[-1])
         self.per_rank_batch = per_rank_batch(spec.batch_size, spec.env)
         world = spec.env.world_size
         if self.num_train < world:
@@ -90,6 +88,8 @@ class CifarTarget(Target):
 
     def read_splits(self, spec: TargetSpec, name: str) -> tuple[CifarSplit, CifarSplit, tuple]:
         """(train split, test split, (mean, std)) of the task, from the official pickle folders."""
+        if spec.resolution != 32:
+            raise DataError(f"{name} images are 32x32; set train.resolution=32 (got {spec.resolution})")
         stats = (CIFAR10_MEAN, CIFAR10_STD) if name == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
         return read_cifar(spec.root, name, "train"), read_cifar(spec.root, name, "test"), stats
 
@@ -108,7 +108,7 @@ class CifarTarget(Target):
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """Augmented batches of ``epoch`` for this rank, in the (seed, epoch) order."""
         g = torch.Generator().manual_seed(derive_seed(self.spec.seed, "cifar-epoch", epoch))
-        n, H = self.num_train, 32
+        n, H = self.num_train, self.input_size
         order = torch.randperm(n, generator=g)
         dy = torch.randint(0, 2 * PAD + 1, (n,), generator=g)
         dx = torch.randint(0, 2 * PAD + 1, (n,), generator=g)
@@ -136,10 +136,15 @@ class CifarTarget(Target):
 
 
 class DigitsTarget(CifarTarget):
-    """scikit-learn's digits upsampled to 32x32x3: a real task that needs no download."""
+    """scikit-learn's digits upsampled to 32x32x3 (or train.resolution): a real task that needs no download."""
 
     def read_splits(self, spec: TargetSpec, name: str) -> tuple[CifarSplit, CifarSplit, tuple]:
-        """The fixed stratified train/test split of the bundled digits."""
+        """The fixed stratified train/test split of the bundled digits, upsampled to ``train.resolution``."""
         from unrealnas.data.digits import DIGITS_MEAN, DIGITS_STD, read_digits
 
-        return read_digits("train"), read_digits("test"), (DIGITS_MEAN, DIGITS_STD)
+        # The originals are 8x8, so 16 px keeps every detail at a quarter of the 32 px compute.
+        if not 8 <= spec.resolution <= 32:
+            raise DataError(f"digits images are upsampled from 8x8 to at most 32x32; set train.resolution "
+                            f"between 8 and 32 (got {spec.resolution})")
+        size = spec.resolution
+        return read_digits("train", size), read_digits("test", size), (DIGITS_MEAN, DIGITS_STD)
