@@ -41,7 +41,7 @@ def fake_stage(overrides: list[str]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     runs = run_dir / "runs.txt"
     runs.write_text(str(int(runs.read_text()) + 1 if runs.exists() else 1))
-    print(f"fake stage seed={kv.get('seed')}")
+    print(f"fake stage seed={kv.get('seed')} pid={os.getpid()}")
     if kv.get("fail") == "1":
         raise RuntimeError(f"boom in seed {kv.get('seed')}")
     result = {"kind": "search", "status": "completed", "method": "darts", "search_data": "rlrn",
@@ -284,3 +284,20 @@ def test_task_file_lists_unfinished_cli_tasks(tmp_path):
         write_task_file([Task("search", ["train.root=/my data"])], path)
     with pytest.raises(UserError, match="CLI verbs only"):
         write_task_file(_tasks(tmp_path), path)
+
+
+def test_local_workers_run_tasks_in_parallel_processes_and_isolate_failures(tmp_path):
+    tasks = _tasks(tmp_path, seeds=(0, 1, 2, 3), fail=(2,))
+    jobs = submit_array(tasks, _launcher(tmp_path, local_workers=2), "search")
+    assert [j.state for j in jobs] == ["COMPLETED", "COMPLETED", "FAILED", "COMPLETED"]
+    assert [_runs(t) for t in tasks] == [1, 1, 1, 1]
+    assert "boom in seed 2" in jobs[2].error
+    assert "RuntimeError: boom in seed 2" in jobs[2].log_path.read_text()  # the worker's traceback is in its log
+    assert "fake stage seed=3" in jobs[3].log_path.read_text()
+    record = json.loads((jobs[0].log_path.parent / "tasks.json").read_text())
+    assert [e["state"] for e in record["tasks"]] == ["COMPLETED", "COMPLETED", "FAILED", "COMPLETED"]
+    # Each task ran in a process of its own (spawned, one task per process), not in this one.
+    pids = {int(j.log_path.read_text().split("pid=")[1].split()[0]) for j in jobs}
+    assert len(pids) == 4 and os.getpid() not in pids
+    again = submit_array(tasks, _launcher(tmp_path, local_workers=2), "search")
+    assert [j.task.run_dir.name for j in again] == ["s2"]

@@ -25,7 +25,7 @@ class RetrainSpec:
     launcher: dict[str, Any] = field(default_factory=dict)  # launcher keys of this array (e.g. gpus_per_node: 8)
 
 
-def _default_stage_launchers() -> dict[str, dict[str, Any]]:
+def default_stage_launchers() -> dict[str, dict[str, Any]]:
     # Generating data and building tables need no GPU; asking for one would only queue them longer.
     return {"generate": {"gpus_per_node": 0}, "table": {"gpus_per_node": 0, "cpus_per_task": 1, "time_min": 60}}
 
@@ -40,7 +40,7 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # repeats: one search per seed and cell
     retrain: dict[str, RetrainSpec] = field(default_factory=dict)  # name -> retrain of every search; empty = none
     search_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of every generate/search task
-    stage_launcher: dict[str, dict[str, Any]] = field(default_factory=_default_stage_launchers)  # per array name
+    stage_launcher: dict[str, dict[str, Any]] = field(default_factory=default_stage_launchers)  # per array name
     plots: bool = True  # the table stage also draws the figures
 
 

@@ -153,6 +153,25 @@ class LauncherConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """The paper's Fig. 1 analyses (``unrealnas analyze difficulty|distinguishability``)."""
+
+    name: str = "default"  # output folder <paths.runs>/analysis/<kind>-<name>
+    datasets: list[str] = field(default_factory=lambda: ["cifar10", "rlrd", "rlgd", "rlrn"])  # data group names
+    num_classes: dict[str, int] = field(default_factory=dict)  # per dataset; absent = the data group's default
+    arch_seed: int = 0  # architecture k (0-based) is sampled with seed arch_seed + k (difficulty's probe: k = 0)
+    num_archs: int = 20  # distinguishability: architectures sampled (the same ones fitted on every dataset)
+    target: str = "cifar100"  # distinguishability: train group of the real task that ranks the architectures
+    epochs: int = 100  # epochs of every fit on a dataset (train=dataset); the curves' length
+    probe_epoch: int = 50  # distinguishability: training accuracy read at this epoch (1-based)
+    convergence_fraction: float = 0.95  # difficulty: converged from the first epoch that stays >= this x the best
+    silhouette_samples: int = 2000  # images per dataset in the silhouette score (seeded sample)
+    silhouette_dims: int = 50  # principal components of the pixels the silhouette is measured in
+    dataset_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of the dataset fits
+    target_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of the target trainings
+
+
+@dataclass
 class Config:
     preset: str = "paper"  # paper (the paper's sizes) | smoke (seconds to minutes on 2 CPU cores)
     seed: int = 0  # master seed; every random stream is derived from it
@@ -164,6 +183,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: str = "text"  # output format of inspection commands: text | json
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=<name> (conf/experiment/); read by `pipeline`
 
 

@@ -254,3 +254,24 @@ def get_known_genotype(name: str) -> Genotype:
         return KNOWN_GENOTYPES[name]
     except KeyError:
         raise ConfigError(f"unknown genotype {name!r}; known: {', '.join(KNOWN_GENOTYPES)}") from None
+
+
+def sample_genotype(seed: int, nodes: int = 4) -> Genotype:
+    """A uniform random architecture of the DARTS space (the probe nets of the paper's Fig. 1).
+
+    Each intermediate node takes two distinct inputs among the cell inputs and earlier nodes, each
+    through an op drawn uniformly from the candidates other than ``none`` (the DARTS derivation
+    never keeps ``none``). The same seed gives the same genotype on every platform.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6E6173]))
+    ops = [op for k, op in enumerate(PRIMITIVES) if k != NONE_INDEX]
+
+    def cell() -> tuple[Pair, ...]:
+        pairs: list[Pair] = []
+        for i in range(nodes):
+            for j in sorted(rng.choice(i + 2, size=2, replace=False).tolist()):
+                pairs.append((ops[int(rng.integers(len(ops)))], int(j)))
+        return tuple(pairs)
+
+    concat = tuple(range(2, nodes + 2))
+    return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)

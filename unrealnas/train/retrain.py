@@ -144,11 +144,15 @@ def fingerprint_of(cfg: DictConfig, genotype: Genotype, num_classes: int) -> dic
 
 
 def target_spec(cfg: DictConfig, device: torch.device, env: dist.DistEnv) -> TargetSpec:
-    """The explicit target arguments from the config (CIFAR falls back to data.root)."""
+    """The explicit target arguments from the config (CIFAR falls back to data.root, ``dataset`` to data.*)."""
     t = cfg.train
     root = t.root
     if root is None and t.target in ("cifar10", "cifar100"):
         root = cfg.data.root
+    if root is None and t.target == "dataset":
+        from unrealnas.data.generators import dataset_dir
+
+        root = str(dataset_dir(cfg))  # the dataset that data.* and seed describe
     return TargetSpec(root=root, seed=int(cfg.seed), device=device, env=env, batch_size=int(t.batch_size),
                       resolution=int(t.resolution), cutout=int(t.cutout), max_images=t.max_images,
                       max_eval_images=t.max_eval_images, num_workers=int(t.num_workers),

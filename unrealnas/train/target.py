@@ -13,8 +13,8 @@ from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-# 32x32 tasks that use the CIFAR stem and a fixed 32 px input
-CIFAR_SIZE_TARGETS = ("cifar10", "cifar100", "digits")
+# small-image tasks that use the CIFAR stem
+CIFAR_SIZE_TARGETS = ("cifar10", "cifar100", "digits", "dataset")
 
 
 def derive_seed(*parts: Any) -> int:
@@ -112,12 +112,19 @@ def _chexpert(spec: TargetSpec, name: str) -> Target:
     return CheXpertTarget(spec)
 
 
+def _dataset(spec: TargetSpec, name: str) -> Target:
+    from unrealnas.train.stored import StoredTarget
+
+    return StoredTarget(spec, name)
+
+
 TARGETS: dict[str, Callable[[TargetSpec, str], Target]] = {
     "cifar10": _cifar,
     "cifar100": _cifar,
     "digits": _digits,
     "imagenet": _imagenet,
     "chexpert": _chexpert,
+    "dataset": _dataset,  # a generated dataset folder (train.root), fitted and measured on its train split
 }
 
 

@@ -1,0 +1,1 @@
+"""The paper's analyses (Fig. 1): dataset difficulty and architecture distinguishability."""
