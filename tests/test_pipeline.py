@@ -102,6 +102,7 @@ def test_failed_tasks_are_reported_in_status_and_table(tmp_path, capsys):
     ("table4", {"generate": 20, "search": 20, "retrain_imagenet": 20, "retrain": 20, "finetune": 20, "table": 1}),
     ("table5", {"generate": 15, "search": 30, "retrain": 30, "table": 1}),
     ("classes", {"generate": 110, "search": 110, "retrain": 110, "table": 1}),
+    ("mini", {"generate": 30, "search": 30, "retrain": 30, "table": 1}),
 ])
 def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, stages):
     roots = []
@@ -129,6 +130,17 @@ def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, sta
         pre = next(o for o in finetune.tasks[0].overrides if o.startswith("train.pretrained="))
         assert Path(pre.split("=", 1)[1]) == plan.stage("retrain_imagenet").tasks[0].run_dir
     assert plan.stage("generate").launcher.gpus_per_node == 0
+
+
+def test_mini_needs_no_data_folder_and_searches_rlrd_on_the_digits(tmp_path):
+    plan = _plan(["+experiment=mini", f"paths.runs={tmp_path / 'runs'}"])  # no data.root: everything ships offline
+    groups = {t.group for t in plan.stage("search").tasks}
+    assert groups == {"darts/rlrn/random/c10", "darts/rlgd/random/c10", "darts/rlrd/random/c2",
+                      "darts/rlrd/random/c10", "darts/rlrd/random/c100", "darts/digits/true/c10"}
+    cfg = compose_config([*plan.stage("search").tasks[0].overrides])
+    assert cfg.data.source == "digits" and cfg.launcher.local_workers == 2 and cfg.train.target == "cifar10"
+    retrain = compose_config([*plan.stage("retrain").tasks[0].overrides])
+    assert retrain.train.target == "digits" and retrain.train.resolution == 16
 
 
 def test_table2_and_table3_share_their_searches(tmp_path, cifar_root):

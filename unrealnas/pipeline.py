@@ -400,11 +400,12 @@ def submit_stages(stages: Sequence[Stage],
     return jobs
 
 
-def _format_plan(plan: Plan) -> str:
+def format_stages(title: str, stages: Sequence[Stage]) -> str:
+    """``title``, then each stage's task count, pending count, dependency and tasks (``--dry-run``)."""
     from unrealnas.launch import pending_tasks
 
-    lines = [f"experiment {plan.experiment}: {plan.description}"]
-    for s in plan.stages:
+    lines = [title]
+    for s in stages:
         after = f" ({s.kind} {', '.join(s.after)})" if s.after else ""
         lines.append(f"{s.name}: {len(s.tasks)} task(s), {len(pending_tasks(s.tasks))} to run{after}")
         lines += [f"  {t.describe()}" for t in s.tasks]
@@ -461,17 +462,21 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     return out
 
 
-def table_stage(args: list[str]) -> Path:
-    """The table task's callable (``unrealnas.pipeline:table_stage plan=<plan.json>``)."""
+def read_plan_arg(args: list[str], verb: str) -> dict[str, Any]:
+    """The plan.json named by the ``plan=<path>`` argument of a final-stage task (``verb`` for errors)."""
     options = dict(a.split("=", 1) for a in args if "=" in a)
     if "plan" not in options:
-        raise UserError("table stage: usage: unrealnas.pipeline:table_stage plan=<plan.json>")
+        raise UserError(f"{verb}: usage: {verb} plan=<plan.json>")
     path = Path(options["plan"].strip("'"))
     try:
-        plan = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"table stage: cannot read {path} ({e})") from e
-    return write_tables(plan)
+        raise UserError(f"{verb}: cannot read {path} ({e})") from e
+
+
+def table_stage(args: list[str]) -> Path:
+    """The table task's callable (``unrealnas.pipeline:table_stage plan=<plan.json>``)."""
+    return write_tables(read_plan_arg(args, TABLE_VERB))
 
 
 # ---- the CLI verb ---------------------------------------------------------------------------------------------------
@@ -497,7 +502,7 @@ def cmd_pipeline(args: list[str]) -> int:
     cfg = compose_config(overrides)
     plan = plan_pipeline(cfg, overrides)
     if "--dry-run" in positional:
-        print(_format_plan(plan))
+        print(format_stages(f"experiment {plan.experiment}: {plan.description}", plan.stages))
         return 0
     run = run_pipeline(plan, progress=_say)
     table_md = plan.tables_dir / "table.md"

@@ -30,6 +30,7 @@ from unrealnas.pipeline import (
     Stage,
     check_search_data,
     check_target_data,
+    format_stages,
     group_choices,
     override_key,
     quote_override,
@@ -57,14 +58,7 @@ class AnalysisPlan:
 
     def describe(self) -> str:
         """Stages and tasks, one line each (``--dry-run``)."""
-        from unrealnas.launch import pending_tasks
-
-        lines = [f"analysis {self.kind} -> {self.out_dir}"]
-        for s in self.stages:
-            after = f" ({s.kind} {', '.join(s.after)})" if s.after else ""
-            lines.append(f"{s.name}: {len(s.tasks)} task(s), {len(pending_tasks(s.tasks))} to run{after}")
-            lines += [f"  {t.describe()}" for t in s.tasks]
-        return "\n".join(lines)
+        return format_stages(f"analysis {self.kind} -> {self.out_dir}", self.stages)
 
 
 def _check_analysis(a: DictConfig, kind: str) -> None:

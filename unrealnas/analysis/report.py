@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import sys
 import time
@@ -23,7 +22,6 @@ from unrealnas.analysis.metrics import (
     rank_correlation,
     target_score,
 )
-from unrealnas.errors import UserError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.launch.task import read_result
 
@@ -201,12 +199,6 @@ def write_report(plan: dict[str, Any]) -> Path:
 
 def report_stage(args: list[str]) -> Path:
     """The report task's callable (``unrealnas.analysis.report:report_stage plan=<plan.json>``)."""
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    if "plan" not in options:
-        raise UserError("report stage: usage: unrealnas.analysis.report:report_stage plan=<plan.json>")
-    path = Path(options["plan"].strip("'"))
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"report stage: cannot read {path} ({e})") from e
-    return write_report(plan)
+    from unrealnas.pipeline import read_plan_arg
+
+    return write_report(read_plan_arg(args, "unrealnas.analysis.report:report_stage"))
