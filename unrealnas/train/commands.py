@@ -31,7 +31,7 @@ def cmd_describe(args: list[str]) -> int:
     from unrealnas.config import compose_config
     from unrealnas.models import build_network, count_flops_m, count_params_m
     from unrealnas.train.retrain import check_train_config, network_kind, resolve_genotype
-    from unrealnas.train.target import CIFAR_SIZE_TARGETS
+    from unrealnas.train.target import FIXED_32PX_TARGETS
 
     positional, overrides = _split_args(args)
     if positional:
@@ -44,7 +44,7 @@ def cmd_describe(args: list[str]) -> int:
     source = resolve_genotype(cfg.genotype)
     kind = network_kind(cfg, target)
     classes = TARGET_CLASSES[target]
-    side = 32 if target in CIFAR_SIZE_TARGETS else int(cfg.train.resolution)
+    side = 32 if target in FIXED_32PX_TARGETS else int(cfg.train.resolution)
     model = build_network(kind, source.genotype, int(cfg.train.init_channels), classes, int(cfg.train.layers),
                           auxiliary=cfg.train.auxiliary_weight > 0)
     info = {"params_m": round(count_params_m(model), 4), "flops_m": round(count_flops_m(model, (3, side, side)), 2),

@@ -15,6 +15,7 @@ from unrealnas.errors import ConfigError
 Batch = tuple[torch.Tensor, torch.Tensor]
 # small-image tasks that use the CIFAR stem
 CIFAR_SIZE_TARGETS = ("cifar10", "cifar100", "digits", "dataset")
+FIXED_32PX_TARGETS = ("cifar10", "cifar100")  # the others take train.resolution
 
 
 def derive_seed(*parts: Any) -> int:
