@@ -103,6 +103,7 @@ def test_failed_tasks_are_reported_in_status_and_table(tmp_path, capsys):
     ("table5", {"generate": 15, "search": 30, "retrain": 30, "table": 1}),
     ("classes", {"generate": 110, "search": 110, "retrain": 110, "table": 1}),
     ("mini", {"generate": 30, "search": 30, "retrain": 30, "table": 1}),
+    ("skips", {"generate": 20, "search": 20, "table": 1}),
 ])
 def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, stages):
     roots = []
