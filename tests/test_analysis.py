@@ -132,6 +132,28 @@ def test_distinguishability_report_ranks_architectures(tmp_path):
     assert "| arch-01 | 90.00 |" in (out / "report.md").read_text()
 
 
+def test_difficulty_report_from_synthetic_curves(tmp_path):
+    out = tmp_path / "analysis"
+    curves = {"fast": [50.0, 96.0, 98.0, 99.0, 99.0, 99.0], "rising": [5.0, 10.0, 20.0, 40.0, 60.0, 90.0],
+              "dipping": [10.0, 50.0, 60.0, 62.0, 61.0, 40.0]}
+    plan = {"kind": "difficulty", "name": "t", "dir": str(out), "seed": 0, "arch_seed": 0, "archs": ["probe"],
+            "epochs": 6, "convergence_fraction": 0.95, "silhouette_samples": 50, "silhouette_dims": 5,
+            "datasets": [{"name": d, "label": "random", "num_classes": 10, "folder": str(tmp_path / "none")}
+                         for d in curves], "fits": {}}
+    for d, curve in curves.items():
+        _fake_fit(out / "train" / f"{d}-arch00", curve)
+        plan["fits"][str(out / "train" / f"{d}-arch00")] = [0, d]
+    write_report(plan)
+    rows = {r["Dataset"]: r for r in _read_csv(out / "report.csv")}
+    assert rows["fast"]["Epochs to convergence"] == "2"
+    assert rows["rising"]["Epochs to convergence"] == "6 (still rising)"
+    assert rows["dipping"]["Epochs to convergence"] == "not converged"
+    assert float(rows["fast"]["Best train acc (%)"]) == 99.0 and float(rows["dipping"]["Final train acc (%)"]) == 40.0
+    result = json.loads((out / "result.json").read_text())
+    assert all(r["silhouette"] is None and r["silhouette_note"].startswith("unavailable") for r in result["rows"])
+    assert (out / "figures" / "fig1a_difficulty.png").is_file()
+
+
 # ---- end to end ----------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ def plot_difficulty(rows: list[dict[str, Any]], stem: Path, formats: Sequence[st
     for i, r in enumerate(drawn):
         color = f"C{i % 10}"
         ax.plot(_epochs(r["curve"]), r["curve"], color=color, lw=1.6,
-                label=f"{r['dataset']} ({r['label']} labels): {r['convergence_epoch']}")
+                label=f"{r['dataset']} ({r['label']} labels): {r['convergence']}")
         e = r["convergence_epoch"]
         if e is not None:
             ax.plot([e], [r["curve"][e - 1]], "o", color=color, ms=5)
@@ -47,7 +47,7 @@ def plot_best_vs_worst(per_dataset: list[dict[str, Any]], probe_epoch: int, stem
     panels = [d for d in per_dataset if d.get("best_curve") or d.get("worst_curve")]
     if not panels:
         return []
-    fig = Figure(figsize=(3.6 * len(panels), 3.4))
+    fig = Figure(figsize=(max(6.4, 3.6 * len(panels)), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, d in zip(axes, panels, strict=False):
         for key, color in (("best", "C2"), ("worst", "C3")):
@@ -74,7 +74,7 @@ def plot_rank_scatter(per_dataset: list[dict[str, Any]], target: str, probe_epoc
     panels = [d for d in per_dataset if d["pairs"]]
     if not panels:
         return []
-    fig = Figure(figsize=(3.4 * len(panels), 3.4))
+    fig = Figure(figsize=(max(4.0, 3.4 * len(panels)), 3.4))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, d in zip(axes, panels, strict=False):
         xs, ys = zip(*d["pairs"], strict=True)

@@ -94,10 +94,12 @@ def difficulty_report(plan: dict[str, Any], out: Path) -> dict[str, Any]:
                      "still_rising": conv is not None and conv == len(clean) and len(clean) > 1,
                      "best_acc": max(clean) if clean else None, "final_acc": clean[-1] if clean else None,
                      "silhouette": sil, "silhouette_note": sil_note, "curve": curve})
+    for r in rows:
+        r["convergence"] = _convergence_text(r)
     header = ["Dataset", "Labels", "Classes", "Epochs to convergence", "Best train acc (%)", "Final train acc (%)",
               "Silhouette", "Epochs trained", "Status"]
     table = [[r["dataset"], r["label"], r["num_classes"] if r["label"] == "random" else "-",
-              _convergence_text(r), r["best_acc"],
+              r["convergence"], r["best_acc"],
               r["final_acc"], _fmt(r["silhouette"], 3), r["epochs_trained"], r["status"]] for r in rows]
     notes = [f"Probe net: {plan['archs'][0]} (seed {plan.get('arch_seed', '')}), fitted for {plan['epochs']} epochs "
              "on each dataset's training images (train=dataset; accuracy measured on those images, unaugmented).",
@@ -150,8 +152,9 @@ def distinguishability_report(plan: dict[str, Any], out: Path) -> dict[str, Any]
     arch_header = ["Architecture", f"{target} score", *[f"{d['name']} acc @{probe} (%)" for d in plan["datasets"]]]
     arch_rows = [[f"arch-{k:02d}", scores[k], *[probes[d["name"]][k] for d in plan["datasets"]]]
                  for k in range(num_archs)]
-    notes = [f"{num_archs} architectures sampled uniformly from the DARTS space (seeds {plan.get('arch_seed', 0)}.."
-             f"), the same ones on every dataset.",
+    first = int(plan.get("arch_seed", 0))
+    notes = [f"{num_archs} architectures sampled uniformly from the DARTS space (seeds {first}..{first + num_archs - 1}"
+             "), the same ones on every dataset.",
              f"{target} score: top-1 accuracy (%) on its test split (mean AUROC for CheXpert) after the full training.",
              f"Each dataset: training accuracy at epoch {probe} of {plan['epochs']} (train=dataset, measured on the "
              "training images, unaugmented).",
