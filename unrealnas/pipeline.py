@@ -135,6 +135,16 @@ def available_experiments() -> list[str]:
     return sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
 
 
+def task_overrides(overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides that every task of a sweep inherits.
+
+    Launcher choices are the submitting command's business (a task runs wherever it is put), and
+    ``paths.*`` are given back to each task as absolute paths by the caller.
+    """
+    return [o for o in overrides
+            if not override_key(o).startswith("launcher") and override_key(o) not in ("paths.runs", "paths.data")]
+
+
 def group_choices(group: str) -> list[str]:
     """The option names of a config group (``conf/<group>/*.yaml``)."""
     from unrealnas.config.compose import conf_dir
@@ -247,9 +257,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     if clash:
         raise UserError(f"pipeline sets {override_key(clash[0])} per task from the experiment; drop {clash[0]!r} and change "
                         "experiment.methods / datasets / num_classes / seeds / retrain instead")
-    # Launcher choices are the pipeline's business; the tasks themselves run wherever they are put.
-    # paths.* come back below as absolute paths.
-    base = [o for o in overrides if not override_key(o).startswith("launcher") and override_key(o) not in ("paths.runs", "paths.data")]
+    base = task_overrides(overrides)
     runs_dir = Path(cfg.paths.runs).expanduser().absolute()
     data_dir = Path(cfg.paths.data).expanduser().absolute()
     # Absolute paths: a job may start in another working directory than this command.

@@ -35,6 +35,7 @@ from unrealnas.pipeline import (
     override_key,
     quote_override,
     submit_stages,
+    task_overrides,
 )
 
 KINDS = ("difficulty", "distinguishability")
@@ -105,7 +106,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
     runs_dir = Path(cfg.paths.runs).expanduser().absolute()
     data_dir = Path(cfg.paths.data).expanduser().absolute()
     out_dir = runs_dir / "analysis" / f"{kind}-{a.name}"
-    base = [o for o in overrides if not override_key(o).startswith("launcher") and override_key(o) not in ("paths.runs", "paths.data")]
+    base = task_overrides(overrides)
     data_path = f"paths.data={quote_override(data_dir)}"
     # The trainings are retrain runs whose paths.runs is the analysis folder: their run directories
     # stay out of <paths.runs>/train, where the result tables of the searches look.

@@ -325,11 +325,11 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     _say(f"{name}: running {len(jobs)} task(s) here, {workers} at a time ({threads} torch thread(s) each); "
          f"logs in {folder}")
-    from concurrent.futures.process import BrokenProcessPool
 
     def new_pool() -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),

@@ -19,7 +19,8 @@ from unrealnas.dist import DistEnv, resolve_device
 from unrealnas.models import build_network, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
 from unrealnas.train.loop import LoopOptions, build_optimizer, train_step
-from unrealnas.train.target import CIFAR_SIZE_TARGETS, FIXED_32PX_TARGETS
+from unrealnas.train.retrain import network_kind
+from unrealnas.train.target import FIXED_32PX_TARGETS
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "chexpert": 5}
 
@@ -29,7 +30,7 @@ def bench_target(target: str, overrides: list[str], steps: int) -> dict:
     cfg = compose_config([f"train={target}", *overrides])
     t = cfg.train
     device = resolve_device(str(cfg.device), DistEnv())
-    kind = t.net if t.net != "auto" else ("cifar" if target in CIFAR_SIZE_TARGETS else "imagenet")
+    kind = network_kind(cfg, target)
     side = 32 if target in FIXED_32PX_TARGETS else int(t.resolution)
     torch.manual_seed(0)
     model = build_network(kind, KNOWN_GENOTYPES["DARTS_V2"], int(t.init_channels), CLASSES[target], int(t.layers),
