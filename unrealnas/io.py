@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,21 +54,30 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn last line left by a killed writer."""
-    rows = []
+def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Read a JSON-lines file of objects; a torn or garbled line is skipped with a warning, the rows after it kept."""
+    rows: list[dict] = []
     p = Path(path)
-    if not p.exists():
+    try:
+        data = p.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
         return rows
-    for line in p.read_text().splitlines():
-        line = line.strip()
-        if not line:
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            row = json.loads(line)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+            row = None
+        if not isinstance(row, dict):
+            (warn or _warn)(f"{p} line {number} is torn or not a JSON object; skipped")
+            continue
+        rows.append(row)
     return rows
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

@@ -15,10 +15,12 @@ from unrealnas.io import write_json_atomic
 
 RECORD_FILE = "tasks.json"
 RECORD_VERSION = 1
+OUTCOME_SUFFIX = "_outcome.json"
+OUTCOMES = ("completed", "failed", "running_elsewhere")
 
 
 def task_entry(index: int, task: Any, job_id: str, stdout: Path | None, stderr: Path | None,
-               result_pickle: Path | None = None) -> dict[str, Any]:
+               outcome: Path | None = None) -> dict[str, Any]:
     """The record of one task (``task`` is a :class:`~unrealnas.launch.task.Task`)."""
     return {
         "index": index,
@@ -30,8 +32,37 @@ def task_entry(index: int, task: Any, job_id: str, stdout: Path | None, stderr: 
         "group": task.group,
         "stdout": None if stdout is None else str(stdout),
         "stderr": None if stderr is None else str(stderr),
-        "result_pickle": None if result_pickle is None else str(result_pickle),
+        # A JSON file the job writes when it ends; readers never touch submitit's pickles.
+        "outcome": None if outcome is None else str(outcome),
     }
+
+
+def outcome_path(folder: str | Path, job_id: str) -> Path:
+    """Where the job ``job_id`` of an array folder writes how it ended (beside its logs)."""
+    return Path(folder) / f"{job_id}{OUTCOME_SUFFIX}"
+
+
+def write_outcome(path: str | Path, state: str, error: str = "") -> None:
+    """Record how a task ended: ``completed``, ``failed`` (with one line) or ``running_elsewhere``."""
+    import os
+    import socket
+    import time
+
+    write_json_atomic(path, {"state": state, "error": error, "host": socket.gethostname(), "pid": os.getpid(),
+                             "ended_at": time.time()})
+
+
+def read_outcome(path: str | Path | None) -> tuple[str, str] | None:
+    """(state, error) from an outcome file; None when absent or not an outcome (it is data, never code)."""
+    if not path:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("state") not in OUTCOMES:
+        return None
+    return str(data["state"]), str(data.get("error") or "")
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> Path:

@@ -2,15 +2,19 @@
 
 Sources, most reliable first: a run directory's ``result.json`` (completed / failed), the
 launcher's submission records (``tasks.json``, see :mod:`unrealnas.launch.records`), the SLURM
-queue (``squeue``), submitit's result pickles, and accounting (``sacct``) for jobs that left the
-queue without a result (cancelled, killed, out of time). Every failure comes with its log path.
+queue (``squeue``), the JSON outcome file each job writes when it ends, and accounting
+(``sacct``) for jobs that left the queue without one (cancelled, killed, out of time). Every
+failure comes with its log path.
+
+Nothing here unpickles: runs folders are shared by groups, and a pickle planted in one would run
+its code in whoever types ``status`` or ``table``. submitit's own result pickles are read only by
+the process that submitted the jobs (``unrealnas.launch.submit.wait_all``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import subprocess
 from collections import defaultdict
@@ -18,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unrealnas.launch.records import read_records
+from unrealnas.launch.records import read_outcome, read_records
 from unrealnas.launch.task import read_result
+from unrealnas.lock import holder
 
 STATES = ("done", "running", "pending", "failed")
 STAGE_DIRS = ("search", "train")  # run directories under <runs>/<stage>/<run-id>
@@ -125,20 +130,12 @@ def _accounting(array_ids: set[str]) -> dict[str, str]:
     return states
 
 
-def _pickle_outcome(path: str | None) -> tuple[str, str] | None:
-    """("success"|"error", detail) from submitit's result pickle, None when there is none."""
-    if not path or not Path(path).is_file():
-        return None
-    try:
-        # Written by submitit inside our own job, in our own runs folder.
-        with open(path, "rb") as f:
-            outcome, value = pickle.load(f)
-    except Exception as e:  # a torn or foreign pickle must not break `status`
-        return ("error", f"unreadable result pickle ({type(e).__name__})")
-    if outcome == "error":
-        lines = [ln for ln in str(value).strip().splitlines() if ln.strip()]
-        return ("error", lines[-1] if lines else "error")
-    return (str(outcome), "")
+def _elsewhere(entry: dict[str, Any], error: str) -> tuple[str, str]:
+    """(state, note) of a task that found its run directory locked by another process."""
+    who = holder(entry["run_dir"]) if entry.get("run_dir") else None
+    if who is not None:
+        return "running", f"skipped here: running elsewhere ({who})"
+    return "failed", f"skipped: was running elsewhere, and that process stopped without a result ({error}); resubmit"
 
 
 def _log_of(entry: dict[str, Any]) -> str | None:
@@ -172,6 +169,8 @@ def _entry_state(entry: dict[str, Any], record: dict[str, Any], queue: dict[str,
             if entry.get("run_dir"):
                 return "failed", "task returned without a result.json"
             return "done", ""
+        if state == "SKIPPED":
+            return _elsewhere(entry, str(entry.get("error") or ""))
         if state in ("FAILED", "CANCELLED"):
             return "failed", str(entry.get("error") or state.lower())
         if same_host and _pid_alive(record.get("pid")):
@@ -182,10 +181,12 @@ def _entry_state(entry: dict[str, Any], record: dict[str, Any], queue: dict[str,
         if "DependencyNeverSatisfied" in reason:
             return "failed", "never runs: a job it depends on failed (scancel it)"
         return _QUEUE_STATES.get(slurm_state, "running"), "" if reason in ("None", "") else reason
-    outcome = _pickle_outcome(entry.get("result_pickle"))
+    outcome = read_outcome(entry.get("outcome"))
     if outcome is not None:
-        if outcome[0] == "error":
-            return "failed", outcome[1]
+        if outcome[0] == "running_elsewhere":
+            return _elsewhere(entry, outcome[1])
+        if outcome[0] == "failed":
+            return "failed", outcome[1] or "the task raised an error"
         if entry.get("run_dir"):
             return "failed", "job ended without a completed result.json"
         return "done", ""
@@ -237,7 +238,7 @@ def status(runs_dir: str | Path, launcher_folder: str | Path | None = None) -> S
     queue = _queue() if slurm_open else {}
     in_queue = queue or {}
     lost = {str(e["job_id"]).split("_", 1)[0] for _, e in slurm_open
-            if str(e.get("job_id")) not in in_queue and _pickle_outcome(e.get("result_pickle")) is None}
+            if str(e.get("job_id")) not in in_queue and read_outcome(e.get("outcome")) is None}
     acct = _accounting(lost) if queue is not None else {}
 
     for record, entry in latest.values():

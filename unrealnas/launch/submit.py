@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from unrealnas.errors import ConfigError, UserError
-from unrealnas.launch.records import task_entry, write_record
+from unrealnas.launch.records import outcome_path, task_entry, write_record
 from unrealnas.launch.task import Task, run_task
+from unrealnas.lock import AlreadyRunning
 
 DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
 
@@ -46,14 +47,15 @@ class LocalJob:
     job_id: str
     task: Task
     log_path: Path
-    state: str = "PENDING"  # PENDING | RUNNING | COMPLETED | FAILED | CANCELLED (SLURM's names)
+    # PENDING | RUNNING | COMPLETED | FAILED | CANCELLED (SLURM's names) | SKIPPED (running elsewhere)
+    state: str = "PENDING"
     value: Any = None
     error: str | None = None  # one line; the traceback is in log_path
     _exc: BaseException | None = field(default=None, repr=False)
 
     def done(self) -> bool:
         """Whether the task has finished (in any state)."""
-        return self.state in ("COMPLETED", "FAILED", "CANCELLED")
+        return self.state in ("COMPLETED", "FAILED", "CANCELLED", "SKIPPED")
 
     def result(self) -> Any:
         """The task's return value (its run directory); raises LocalTaskError when it failed."""
@@ -203,7 +205,8 @@ def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: s
     entries = []
     for i, (task, job) in enumerate(zip(tasks, jobs, strict=True)):
         paths = job.paths
-        entries.append(task_entry(i, task, str(job.job_id), paths.stdout, paths.stderr, paths.result_pickle))
+        entries.append(task_entry(i, task, str(job.job_id), paths.stdout, paths.stderr,
+                                  outcome_path(paths.folder, str(job.job_id))))
     write_record(jobs[0].paths.folder, {
         "launcher": "slurm", "name": name, "job_id": array_id, "submitted_at": time.time(),
         "dependency": dependency, "tasks": entries,
@@ -295,6 +298,9 @@ def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
                 job.state, job.error = "CANCELLED", "interrupted"
                 record()
                 raise
+            except AlreadyRunning as e:  # another process writes that run directory: not a failure
+                job.state, job.error, job._exc = "SKIPPED", str(e), e
+                _say(f"skipped: running elsewhere: {e}")
             except Exception as e:  # one failed task must not stop the others, as in an array
                 job.state, job.error, job._exc = "FAILED", f"{type(e).__name__}: {e}", e
                 traceback.print_exc()
@@ -354,6 +360,8 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
                 exc = fut.exception()
                 if exc is None:
                     job.value, job.state = fut.result(), "COMPLETED"
+                elif isinstance(exc, AlreadyRunning):  # another process writes that run directory
+                    job.state, job.error, job._exc = "SKIPPED", str(exc), exc
                 else:  # one failed task must not stop the others, as in an array
                     job.state, job.error, job._exc = "FAILED", f"{type(exc).__name__}: {exc}", exc
                     if isinstance(exc, BrokenProcessPool):  # a worker was killed: the pool cannot take more

@@ -306,7 +306,9 @@ def _trim_metrics(path: Path, epoch: int) -> None:
     """Keep only metric rows of epochs before ``epoch`` (rows past the checkpoint are redone)."""
     rows = read_jsonl(path)
     keep = [r for r in rows if r.get("epoch", -1) < epoch]
-    if len(keep) != len(rows) or (path.exists() and len(path.read_text().splitlines()) != len(rows)):
+    # A torn line (a killed writer) is dropped here, so that the next append starts a clean line.
+    if len(keep) != len(rows) or (path.exists() and len([ln for ln in path.read_bytes().splitlines() if ln.strip()])
+                                  != len(rows)):
         write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
 
