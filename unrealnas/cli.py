@@ -1,7 +1,8 @@
 """Command line: ``unrealnas <verb> [hydra overrides...]``.
 
 Every verb composes the same Hydra config (``conf/``) and calls one library function; user
-errors print one line and exit 2 (``UNREALNAS_DEBUG=1`` shows the traceback).
+errors print one line and exit 2 (``UNREALNAS_DEBUG=1`` shows the traceback); a run directory or
+dataset folder that another process is writing prints "skipped: running elsewhere" and exits 75.
 """
 
 from __future__ import annotations
@@ -57,9 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
+    from unrealnas.lock import AlreadyRunning
+
     try:
         rc = _resolve(verb)(args)
         return int(rc or 0)
+    except AlreadyRunning as e:  # not a failure: another process is doing this very work
+        print(f"skipped: running elsewhere: {e}", file=sys.stderr)
+        return e.exit_code
     except UserError as e:
         if os.environ.get("UNREALNAS_DEBUG"):
             raise

@@ -21,3 +21,7 @@ class ConfigError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint is corrupt or belongs to another run."""
+
+
+class NonFiniteError(UserError):
+    """A loss or metric became NaN or infinite (diverged training)."""

@@ -196,10 +196,14 @@ def dataset_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.data) / dataset_id(cfg.data, cfg.seed)
 
 
-def generate_dataset(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:
-    """Generate (or resume, or find complete) the dataset described by ``cfg``; returns its folder."""
+def generate_dataset(cfg: DictConfig, progress: Callable[[str], None] | None = None, wait: bool = False) -> Path:
+    """Generate (or resume, or find complete) the dataset described by ``cfg``; returns its folder.
+
+    A folder another process is writing raises :class:`~unrealnas.lock.AlreadyRunning`, or with
+    ``wait=True`` (a search that needs the data) waits for that writer to finish.
+    """
     spec = get_generator(cfg.data.name)(cfg.data, int(cfg.seed))
     folder = dataset_dir(cfg)
     spec.header["name"] = folder.name
-    write_dataset(folder, spec.header, spec.splits, int(cfg.data.shard_size), progress)
+    write_dataset(folder, spec.header, spec.splits, int(cfg.data.shard_size), progress, wait=wait)
     return folder

@@ -9,9 +9,8 @@ that an interrupted generation resumes where it stopped. Shards are written with
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from unrealnas import __version__
 from unrealnas.errors import DataError
 from unrealnas.io import atomic_path, sha256_file, write_json_atomic
+from unrealnas.lock import folder_lock
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress.json"
@@ -51,18 +51,6 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"file": path.name, "num_images": n, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
-@contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
-    """Exclusive lock on a dataset folder, so that concurrent array tasks generate it once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @dataclass
 class SplitPlan:
     """What to write for one split: its size and a function producing the arrays of [start, stop)."""
@@ -73,48 +61,57 @@ class SplitPlan:
 
 
 def write_dataset(folder: Path, header: dict[str, Any], splits: list[SplitPlan], shard_size: int,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None, wait: bool = True) -> dict[str, Any]:
     """Write (or resume writing) a dataset folder and return its manifest; a finished folder is a no-op.
 
     ``header`` holds the manifest fields that describe the data (kind, params, seed, ...). A folder
-    that already holds a different dataset is refused, never overwritten.
+    that already holds a different dataset is refused, never overwritten. One writer at a time: a
+    second one waits (``wait=True``) or raises :class:`~unrealnas.lock.AlreadyRunning`.
     """
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"cannot write dataset folder {folder} ({e.strerror}); set paths.data to a writable folder") from e
     say = progress or (lambda _msg: None)
-    with folder_lock(folder):
-        if (folder / MANIFEST).exists():
-            manifest = load_manifest(folder)
-            _check_same(folder, manifest, header)
-            say(f"{folder}: already complete, nothing to do")
-            return manifest
-        done = _load_progress(folder, header)
-        split_entries: dict[str, Any] = {}
-        for plan in splits:
-            shards = []
-            for index, (start, stop) in enumerate(shard_ranges(plan.num_images, shard_size)):
-                path = folder / shard_name(plan.name, index)
-                entry = done.get(path.name)
-                if entry and entry.get("start") == start and entry.get("stop") == stop and _shard_ok(path, entry):
-                    shards.append(entry)
-                    continue
-                entry = write_shard(path, plan.make_block(start, stop)) | {"start": start, "stop": stop}
-                shards.append(entry)
-                done[path.name] = entry
-                write_json_atomic(folder / PROGRESS, {"header": header, "shards": done})
-                say(f"{path.name}: {stop}/{plan.num_images} images")
-            split_entries[plan.name] = {"num_images": plan.num_images, "shards": shards}
-        manifest = {"format": FORMAT, **header, "splits": split_entries, "library_version": __version__}
-        write_json_atomic(folder / MANIFEST, manifest)
-        (folder / PROGRESS).unlink(missing_ok=True)
-        _remove_stray_shards(folder, manifest)
+    if (folder / MANIFEST).exists():  # complete: no lock, so read-only shared dataset folders work
+        manifest = load_manifest(folder)
+        _check_same(folder, manifest, header)
+        say(f"{folder}: already complete, nothing to do")
         return manifest
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(folder, wait=wait, progress=say))
+        except OSError as e:  # a read-only folder, or a file where a folder should be
+            raise DataError(f"cannot write dataset folder {folder} ({e.strerror}); "
+                            "set paths.data to a writable folder") from e
+        return _write_locked(folder, header, splits, shard_size, say)
+
+
+def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan], shard_size: int,
+                  say: Callable[[str], None]) -> dict[str, Any]:
+    if (folder / MANIFEST).exists():  # the writer we waited for finished it
+        manifest = load_manifest(folder)
+        _check_same(folder, manifest, header)
+        say(f"{folder}: already complete, nothing to do")
+        return manifest
+    done = _load_progress(folder, header)
+    split_entries: dict[str, Any] = {}
+    for plan in splits:
+        shards = []
+        for index, (start, stop) in enumerate(shard_ranges(plan.num_images, shard_size)):
+            path = folder / shard_name(plan.name, index)
+            entry = done.get(path.name)
+            if entry and entry.get("start") == start and entry.get("stop") == stop and _shard_ok(path, entry):
+                shards.append(entry)
+                continue
+            entry = write_shard(path, plan.make_block(start, stop)) | {"start": start, "stop": stop}
+            shards.append(entry)
+            done[path.name] = entry
+            write_json_atomic(folder / PROGRESS, {"header": header, "shards": done})
+            say(f"{path.name}: {stop}/{plan.num_images} images")
+        split_entries[plan.name] = {"num_images": plan.num_images, "shards": shards}
+    manifest = {"format": FORMAT, **header, "splits": split_entries, "library_version": __version__}
+    write_json_atomic(folder / MANIFEST, manifest)
+    (folder / PROGRESS).unlink(missing_ok=True)
+    _remove_stray_shards(folder, manifest)
+    return manifest
 
 
 def _check_same(folder: Path, manifest: dict, header: dict) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -28,7 +29,9 @@ from unrealnas.config.compose import to_yaml
 from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import MANIFEST
+from unrealnas.errors import NonFiniteError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
+from unrealnas.lock import folder_lock
 from unrealnas.nas.darts import Architect
 from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
@@ -228,6 +231,9 @@ class SearchRun:
             torch.cuda.synchronize(self.device)
         m = self.meters
         m["loss_sum"] += float(loss_sum)
+        if not math.isfinite(m["loss_sum"]):  # checked before any checkpoint could keep the diverged weights
+            raise NonFiniteError(f"search loss became {m['loss_sum']} at epoch {self.epoch} batch {self.batch}: "
+                                 "the search diverged; lower search.lr or search.arch_lr (the last checkpoint is kept)")
         m["correct"] += int(correct)
         m["seen"] = self.batch * self.train_loader.batch_size
         m["seconds"] += time.perf_counter() - t0
@@ -317,7 +323,7 @@ def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
     folder = dataset_dir(cfg)
     if not (folder / MANIFEST).exists():
         progress(f"dataset {folder} not found: generating it")
-        generate_dataset(cfg, progress)
+        generate_dataset(cfg, progress, wait=True)  # another task generating it: wait, then use it
     return folder
 
 
@@ -329,7 +335,16 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
         say(f"{run_dir}: already completed, nothing to do")
         return run_dir
     folder = ensure_dataset(cfg, say)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # One writer per run directory: a double submission says "already running (host, pid)".
+    with folder_lock(run_dir):
+        if is_complete(run_dir):  # the writer that held it finished while we got here
+            say(f"{run_dir}: already completed, nothing to do")
+            return run_dir
+        _run_locked(cfg, run_dir, folder, say)
+    return run_dir
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, folder: Path, say: Callable[[str], None]) -> None:
     started = time.time()
     run = SearchRun(cfg, run_dir, folder, say)
     resumed = run.restore()
@@ -338,9 +353,16 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
     _trim_metrics(run_dir / "metrics.jsonl", run.epoch)
     write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
     write_json_atomic(run_dir / "provenance.json", provenance())
-    run.run()
+    try:
+        run.run()
+    except NonFiniteError as e:
+        write_json_atomic(run_dir / "result.json", {
+            "kind": "search", "status": "failed", "method": cfg.search.method, "search_data": cfg.data.name,
+            "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]),
+            "seed": int(cfg.seed), "dataset": run.manifest["name"], "preset": cfg.preset, "error": str(e),
+            "epoch": run.epoch, "batch": run.batch, "wall_s": time.time() - started})
+        raise
     finish(run, started)
-    return run_dir
 
 
 def finish(run: SearchRun, started: float) -> None:

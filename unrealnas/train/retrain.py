@@ -13,6 +13,7 @@ paper's 0.5 at 1024 becomes 0.25 at 512 and stays 0.5 for 1024 spread over any n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ from unrealnas.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unrealnas.config.compose import to_yaml
 from unrealnas.errors import CheckpointError, ConfigError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
+from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
 from unrealnas.train.loop import FitResult, LoopOptions, fit
@@ -214,17 +216,41 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
     source = resolve_genotype(cfg.genotype)
     run_dir = Path(cfg.paths.runs) / "train" / run_id_for(cfg, source)
     result_path = run_dir / RESULT_FILE
-    if result_path.is_file():
-        try:
-            done = json.loads(result_path.read_text()).get("status") == "completed"
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-            done = False
-        if done:
-            say(f"{run_dir} already completed; nothing to do")
-            return run_dir
+    if _completed(result_path):
+        say(f"{run_dir} already completed; nothing to do")
+        return run_dir
     env = dist.detect_env()
     device = dist.resolve_device(str(cfg.device), env)
     env = dist.init_distributed(device, env)
+    with contextlib.ExitStack() as stack:
+        # One writer per run directory; rank 0 holds the lock for the whole job, and every rank
+        # learns whether it got it (the ranks of a second submission must all stop, not hang).
+        busy = None
+        if env.is_main:
+            try:
+                stack.enter_context(folder_lock(run_dir))
+            except AlreadyRunning as e:
+                busy = e.holder
+        busy = dist.broadcast_object(busy)
+        if busy is not None:
+            raise AlreadyRunning(run_dir, busy)
+        if _completed(result_path):  # the writer that held it finished while we got here
+            say(f"{run_dir} already completed; nothing to do")
+            return run_dir
+        _retrain_locked(cfg, source, run_dir, env, device, say, stop_after)
+    return run_dir
+
+
+def _completed(result_path: Path) -> bool:
+    try:
+        return json.loads(result_path.read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env: dist.DistEnv, device: torch.device,
+                    say: Callable[[str], None], stop_after: int | None) -> None:
+    result_path = run_dir / RESULT_FILE
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     target = build_target(str(cfg.train.target), target_spec(cfg, device, env))
@@ -267,4 +293,3 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
         ))
         say(f"done: {metrics}")
     dist.barrier()
-    return run_dir
