@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unrealnas.finite import nonfinite_note
 from unrealnas.launch.records import read_outcome, read_records
 from unrealnas.launch.task import read_result
 from unrealnas.lock import holder
@@ -247,7 +248,10 @@ def status(runs_dir: str | Path, launcher_folder: str | Path | None = None) -> S
         result = result_of(run_dir)
         group = str(entry.get("group") or _group_of(result, stage))
         name = Path(run_dir).name if run_dir else str(entry.get("verb"))
-        if is_complete(run_dir):
+        bad = nonfinite_note(result) if result else None
+        if bad and result.get("status") == "completed":
+            state, note, log = "failed", bad, str(Path(run_dir) / "result.json")
+        elif is_complete(run_dir):
             state, note, log = "done", "", None
         else:
             state, note = _entry_state(entry, record, queue, acct, result)
@@ -266,6 +270,8 @@ def status(runs_dir: str | Path, launcher_folder: str | Path | None = None) -> S
             result = result_of(str(run))
             if result is None:
                 state, note = "pending", "no result.json yet (not submitted through the launcher)"
+            elif result.get("status") == "completed" and nonfinite_note(result):
+                state, note = "failed", str(nonfinite_note(result))
             elif result.get("status") == "completed":
                 state, note = "done", ""
             else:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unrealnas.finite import nonfinite_note
+
 RESULT_FILE = "result.json"
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
@@ -177,6 +179,9 @@ def parse_result(run_dir: Path, data: Any) -> RunResult:
     if kind == "train" and target is not None and _pretrained(run_dir, data):
         target += PRETRAINED_SUFFIX
     error = data.get("error")
+    bad = nonfinite_note(data) if status == "completed" else None
+    if bad:  # a NaN or inf must never enter a mean or a best: the run counts as failed, with the reason
+        status, error = "failed", bad
     return RunResult(
         run_dir=run_dir, kind=kind, status=status, method=method or MISSING, search_data=search_data or MISSING,
         search_label=search_label or MISSING, num_classes=num_classes, seed=seed,
