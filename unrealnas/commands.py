@@ -31,12 +31,23 @@ def cmd_config(args: list[str]) -> int:
 
 
 def cmd_generate(args: list[str]) -> int:
-    """Generate the dataset the config describes and print its folder."""
-    from unrealnas.data.generators import generate_dataset
+    """Generate the dataset the config describes and print its folder; ``--repair [folder]`` fixes bad shards."""
+    from unrealnas.data.generators import generate_dataset, repair_dataset
 
     positional, overrides = _split_args(args)
+    if "--repair" in positional:
+        rest = [p for p in positional if p != "--repair"]
+        if len(rest) > 1 or any(p.startswith("-") for p in rest):
+            raise UserError("usage: unrealnas generate --repair [<dataset folder>] [key=value overrides...]")
+        # A folder alone: its manifest's recipe says how it was made; overrides: the config says so.
+        cfg = compose_config(overrides) if overrides or not rest else None
+        folder, repaired = repair_dataset(cfg, Path(rest[0]) if rest else None, progress=_say)
+        _say(f"{folder}: re-wrote {len(repaired)} shard(s) {' '.join(repaired)}".rstrip() if repaired
+             else f"{folder}: every shard matches its sha256, nothing to repair")
+        print(folder)
+        return 0
     if positional:
-        raise UserError(f"generate takes only key=value overrides, got {' '.join(positional)}")
+        raise UserError(f"generate takes only key=value overrides (or --repair), got {' '.join(positional)}")
     cfg = compose_config(overrides)
     t0 = time.perf_counter()
     folder = generate_dataset(cfg, progress=_say)

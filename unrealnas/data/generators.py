@@ -196,14 +196,76 @@ def dataset_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.data) / dataset_id(cfg.data, cfg.seed)
 
 
+# Images a generator makes when data.num_images is null (None: all images of the real source).
+DEFAULT_NUM_IMAGES = {"rlrn": 50_000, "rlgd": 60_000}
+
+
+def dataset_seed(cfg: DictConfig) -> int:
+    """The seed a dataset is generated from (the one place that says which config key holds it)."""
+    return int(cfg.seed)
+
+
+def expected_manifest(cfg: DictConfig) -> dict[str, Any]:
+    """The manifest fields that the config fixes: kind, source, seed, classes and sizes."""
+    d = cfg.data
+    want: dict[str, Any] = {"kind": str(d.name), "shape": [int(d.resolution), int(d.resolution), int(d.channels)]}
+    if d.label == "random":  # true labels of real images: the seed changes no byte of the data
+        want["seed"] = dataset_seed(cfg)
+        want["num_classes"] = int(d.num_classes)
+    n = d.num_images if d.num_images is not None else DEFAULT_NUM_IMAGES.get(str(d.name))
+    if n is not None:
+        want["params.num_images"] = int(n)
+    if d.name == "rlrd":
+        want["params.source"] = str(d.source)
+    return want
+
+
+def check_manifest(cfg: DictConfig, manifest: dict[str, Any], folder: Path) -> None:
+    """Refuse, in one line, a dataset folder whose manifest is not the dataset the config describes."""
+    for key, value in expected_manifest(cfg).items():
+        have: Any = manifest
+        for part in key.split("."):
+            have = have.get(part) if isinstance(have, dict) else None
+        if have != value:
+            raise DataError(f"dataset {folder} holds {key}={have!r} but the config asks for {value!r}; "
+                            "use another data.id or paths.data (or delete that folder)")
+
+
+def repair_dataset(cfg: DictConfig | None, folder: Path | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[Path, list[str]]:
+    """Re-write exactly the shards of a dataset that fail their size or sha256 check; return (folder, shards).
+
+    The generator and its parameters come from ``cfg``, or with ``cfg=None`` from the recipe the
+    manifest recorded at generation. A re-written shard must match the manifest's sha256 again.
+    """
+    from unrealnas.data.store import load_manifest, repair_shards
+
+    say = progress or (lambda _m: None)
+    if cfg is not None:
+        folder = dataset_dir(cfg) if folder is None else Path(folder)
+        data_cfg, seed = cfg.data, dataset_seed(cfg)
+    else:
+        folder = Path(folder)
+        recipe = load_manifest(folder).get("recipe")
+        if not isinstance(recipe, dict) or "data" not in recipe or "seed" not in recipe:
+            raise DataError(f"{folder}/manifest.json records no recipe (written before repair existed); run "
+                            "'unrealnas generate --repair' with the overrides that generated it")
+        data_cfg, seed = OmegaConf.create(recipe["data"]), int(recipe["seed"])
+    spec = get_generator(str(data_cfg.name))(data_cfg, seed)
+    spec.header["name"] = folder.name
+    return folder, repair_shards(folder, spec.header, spec.splits, say)
+
+
 def generate_dataset(cfg: DictConfig, progress: Callable[[str], None] | None = None, wait: bool = False) -> Path:
     """Generate (or resume, or find complete) the dataset described by ``cfg``; returns its folder.
 
     A folder another process is writing raises :class:`~unrealnas.lock.AlreadyRunning`, or with
     ``wait=True`` (a search that needs the data) waits for that writer to finish.
     """
-    spec = get_generator(cfg.data.name)(cfg.data, int(cfg.seed))
+    spec = get_generator(cfg.data.name)(cfg.data, dataset_seed(cfg))
     folder = dataset_dir(cfg)
     spec.header["name"] = folder.name
-    write_dataset(folder, spec.header, spec.splits, int(cfg.data.shard_size), progress, wait=wait)
+    # The recipe lets `generate --repair <folder>` rebuild any shard without the original command line.
+    recipe = {"data": OmegaConf.to_container(cfg.data, resolve=True), "seed": dataset_seed(cfg)}
+    write_dataset(folder, spec.header, spec.splits, int(cfg.data.shard_size), progress, wait=wait, recipe=recipe)
     return folder

@@ -44,7 +44,7 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     n = len(arrays["labels"])
     if any(len(a) != n for a in arrays.values()):
         raise ValueError("all arrays of a shard need the same length")
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size_hint=sum(a.nbytes for a in arrays.values())) as tmp:
         with h5py.File(tmp, "w") as f:
             for key, value in arrays.items():
                 f.create_dataset(key, data=value, track_times=False)
@@ -61,7 +61,8 @@ class SplitPlan:
 
 
 def write_dataset(folder: Path, header: dict[str, Any], splits: list[SplitPlan], shard_size: int,
-                  progress: Callable[[str], None] | None = None, wait: bool = True) -> dict[str, Any]:
+                  progress: Callable[[str], None] | None = None, wait: bool = True,
+                  recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write (or resume writing) a dataset folder and return its manifest; a finished folder is a no-op.
 
     ``header`` holds the manifest fields that describe the data (kind, params, seed, ...). A folder
@@ -81,11 +82,11 @@ def write_dataset(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
         except OSError as e:  # a read-only folder, or a file where a folder should be
             raise DataError(f"cannot write dataset folder {folder} ({e.strerror}); "
                             "set paths.data to a writable folder") from e
-        return _write_locked(folder, header, splits, shard_size, say)
+        return _write_locked(folder, header, splits, shard_size, say, recipe)
 
 
 def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan], shard_size: int,
-                  say: Callable[[str], None]) -> dict[str, Any]:
+                  say: Callable[[str], None], recipe: dict[str, Any] | None) -> dict[str, Any]:
     if (folder / MANIFEST).exists():  # the writer we waited for finished it
         manifest = load_manifest(folder)
         _check_same(folder, manifest, header)
@@ -108,10 +109,42 @@ def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
             say(f"{path.name}: {stop}/{plan.num_images} images")
         split_entries[plan.name] = {"num_images": plan.num_images, "shards": shards}
     manifest = {"format": FORMAT, **header, "splits": split_entries, "library_version": __version__}
+    if recipe is not None:  # not part of the header: paths such as data.root may differ between users
+        manifest["recipe"] = recipe
     write_json_atomic(folder / MANIFEST, manifest)
     (folder / PROGRESS).unlink(missing_ok=True)
     _remove_stray_shards(folder, manifest)
     return manifest
+
+
+def repair_shards(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
+                  say: Callable[[str], None]) -> list[str]:
+    """Re-write the shards of a complete dataset that fail their size/sha256 check; return their names."""
+    folder = Path(folder)
+    manifest = load_manifest(folder)
+    _check_same(folder, manifest, header)
+    plans = {p.name: p for p in splits}
+    repaired: list[str] = []
+    with folder_lock(folder):
+        for split, info in manifest["splits"].items():
+            for entry in info["shards"]:
+                path = folder / entry["file"]
+                if _shard_ok(path, entry):
+                    continue
+                if split not in plans or "start" not in entry:
+                    raise DataError(f"shard {path} cannot be rebuilt (the manifest lacks its range); "
+                                    f"delete {folder} and re-run generate")
+                say(f"{path.name}: fails its check, re-writing images {entry['start']}-{entry['stop']}")
+                new = write_shard(path, plans[split].make_block(entry["start"], entry["stop"]))
+                if new["sha256"] != entry["sha256"]:
+                    raise DataError(f"shard {path} re-generated with another sha256 than the manifest's (another "
+                                    f"library version?); delete {folder} and re-run generate")
+                repaired.append(path.name)
+    return repaired
+
+
+def _repair_hint(folder: Path) -> str:
+    return f"repair it with 'unrealnas generate --repair {folder}'"
 
 
 def _check_same(folder: Path, manifest: dict, header: dict) -> None:
@@ -183,13 +216,13 @@ def verify_dataset(folder: str | Path, splits: list[str] | None = None, hashes: 
         for entry in info["shards"]:
             path = folder / entry["file"]
             if not path.is_file():
-                raise DataError(f"shard {path} is missing; regenerate the dataset (delete {folder} and re-run generate)")
+                raise DataError(f"shard {path} is missing; {_repair_hint(folder)}")
             size = path.stat().st_size
             if size != entry["bytes"]:
                 raise DataError(f"shard {path} has {size} bytes, manifest says {entry['bytes']} (truncated or altered); "
-                                f"regenerate the dataset")
+                                f"{_repair_hint(folder)}")
             if hashes and sha256_file(path) != entry["sha256"]:
-                raise DataError(f"shard {path} fails its sha256 check (corrupt or altered); regenerate the dataset")
+                raise DataError(f"shard {path} fails its sha256 check (corrupt or altered); {_repair_hint(folder)}")
             _check_shard_structure(path, entry, shape, manifest)
             total += entry["num_images"]
         if total != info["num_images"]:
@@ -204,11 +237,11 @@ def _check_shard_structure(path: Path, entry: dict, shape: tuple, manifest: dict
             n = entry["num_images"]
             if images.shape != (n, *shape) or str(images.dtype) != manifest["dtype"]:
                 raise DataError(f"shard {path}: images are {images.dtype}{images.shape}, expected "
-                                f"{manifest['dtype']}{(n, *shape)}; regenerate the dataset")
+                                f"{manifest['dtype']}{(n, *shape)}; {_repair_hint(path.parent)}")
             if labels.shape != (n,) or labels.dtype != np.int64:
                 raise DataError(f"shard {path}: labels are {labels.dtype}{labels.shape}, expected int64({n},)")
     except (OSError, KeyError) as e:
-        raise DataError(f"shard {path} is not a readable HDF5 shard ({e}); regenerate the dataset") from e
+        raise DataError(f"shard {path} is not a readable HDF5 shard ({e}); {_repair_hint(path.parent)}") from e
 
 
 def read_split(folder: str | Path, split: str = "train", verify: bool = True) -> dict[str, np.ndarray]:

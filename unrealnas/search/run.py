@@ -26,9 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.compose import to_yaml
-from unrealnas.data.generators import dataset_dir, generate_dataset
+from unrealnas.data.generators import check_manifest, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
-from unrealnas.data.store import MANIFEST
+from unrealnas.data.store import MANIFEST, load_manifest
 from unrealnas.errors import NonFiniteError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.lock import folder_lock
@@ -319,11 +319,13 @@ def _trim_metrics(path: Path, epoch: int) -> None:
 
 
 def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
-    """The dataset folder of ``cfg``, generated on the fly if it does not exist yet."""
+    """The dataset folder of ``cfg``, generated on the fly if it does not exist yet, and checked to be that dataset."""
     folder = dataset_dir(cfg)
     if not (folder / MANIFEST).exists():
         progress(f"dataset {folder} not found: generating it")
         generate_dataset(cfg, progress, wait=True)  # another task generating it: wait, then use it
+    # A shared data.id must not hand a seed-1 search the seed-0 dataset: the manifest decides.
+    check_manifest(cfg, load_manifest(folder), folder)
     return folder
 
 

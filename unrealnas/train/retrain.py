@@ -152,9 +152,12 @@ def target_spec(cfg: DictConfig, device: torch.device, env: dist.DistEnv) -> Tar
     if root is None and t.target in ("cifar10", "cifar100"):
         root = cfg.data.root
     if root is None and t.target == "dataset":
-        from unrealnas.data.generators import dataset_dir
+        from unrealnas.data.generators import check_manifest, dataset_dir
+        from unrealnas.data.store import load_manifest
 
-        root = str(dataset_dir(cfg))  # the dataset that data.* and seed describe
+        folder = dataset_dir(cfg)  # the dataset that data.* and seed describe: its manifest must agree
+        check_manifest(cfg, load_manifest(folder), folder)
+        root = str(folder)
     return TargetSpec(root=root, seed=int(cfg.seed), device=device, env=env, batch_size=int(t.batch_size),
                       resolution=int(t.resolution), cutout=int(t.cutout), max_images=t.max_images,
                       max_eval_images=t.max_eval_images, num_workers=int(t.num_workers),
