@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from unrealnas.errors import CheckpointError
-from unrealnas.io import atomic_path
+from unrealnas.io import write_bytes_atomic
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -42,9 +43,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (plus the format version) to ``path`` atomically: a crash leaves the old file."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT_VERSION, **state}, tmp)
+    """Write ``state`` (plus the format version) to ``path`` atomically: a crash or a full disk leaves the old file."""
+    # Serialised in memory first: the size is known for a disk-full message, and torch's own
+    # writer reports a full disk as a RuntimeError without errno.
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buf)
+    write_bytes_atomic(path, buf.getbuffer())
 
 
 def load_checkpoint(path: str | Path, fingerprint: dict[str, Any] | None = None,

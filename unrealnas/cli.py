@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, quota, permissions, a file where a folder should be, ...
+        if os.environ.get("UNREALNAS_DEBUG"):
+            raise
+        from unrealnas.fserrors import explain
+
+        print(f"error: {explain(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume from disk", file=sys.stderr)
         return 130

@@ -17,27 +17,42 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success rename it onto ``path``, else delete it."""
+def atomic_path(path: str | os.PathLike, suffix: str = "", size_hint: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success rename it onto ``path``, else delete it.
+
+    A full disk or quota raises :class:`~unrealnas.fserrors.DiskFullError` naming ``path`` and about
+    how many MB it needs (``size_hint`` bytes, else the size of the file it replaces); ``path``
+    itself is untouched, so the previous version survives.
+    """
+    from unrealnas.fserrors import disk_full, is_full
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; shared clusters need the usual umask
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; shared clusters need the usual umask
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+    except Exception as e:
+        if not is_full(e):
+            raise
+        if tmp_path is not None:
+            tmp_path.unlink(missing_ok=True)  # first, so that the free space reported is the real one
+        previous = path.stat().st_size if path.is_file() else None
+        raise disk_full(path, size_hint or previous, e) from e
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, size_hint=len(data)) as tmp:
         tmp.write_bytes(data)
 
 
@@ -48,10 +63,18 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one JSON line and fsync (a crash loses at most the line being written)."""
-    with open(path, "a") as f:
-        f.write(json.dumps(obj) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    from unrealnas.fserrors import disk_full, is_full
+
+    line = json.dumps(obj) + "\n"
+    try:
+        with open(path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a torn line may be left: readers skip it, and resume rewrites the file
+        if is_full(e):
+            raise disk_full(path, len(line.encode()), e) from e
+        raise
 
 
 def read_jsonl(path: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[dict]:

@@ -71,8 +71,25 @@ def _check(cond: bool, key: str, value, fix: str) -> None:
         raise ConfigError(f"config: {key}={value!r} is invalid: {fix}")
 
 
+MAX_NAME_BYTES = 200  # a folder name, leaving room for suffixes under the usual 255-byte limit
+
+
+def plain_name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be one folder name (None when it can): every name that becomes a path is checked."""
+    if value in ("", ".", "..") or "/" in value or "\\" in value or "\0" in value:
+        return "use a plain folder name (no '/', not '.' or '..')"
+    if len(value.encode()) > MAX_NAME_BYTES:
+        return f"use at most {MAX_NAME_BYTES} bytes (file names are limited to 255)"
+    return None
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Range and choice checks the type system cannot express."""
+    for key in ("data.id", "train.run_id"):  # both become a folder under paths.data / paths.runs
+        value = OmegaConf.select(cfg, key)
+        if value is not None and str(value) != "":
+            problem = plain_name_problem(str(value))
+            _check(problem is None, key, value, problem or "")
     d = cfg.data
     # YAML and the command line read an unquoted `true` as a boolean, which OmegaConf stores as "True"
     d.label = str(d.label).lower()
