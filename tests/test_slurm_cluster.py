@@ -57,6 +57,17 @@ def write_result(overrides: list[str]) -> Path:
     return _finish(run_dir, start=start, end=time.time())
 
 
+def hold_run_dir(overrides: list[str]) -> Path:
+    """Hold the run directory's lock (as search and retrain do) for sleep= seconds, then finish."""
+    from unrealnas.lock import folder_lock
+
+    kv = _args(overrides)
+    run_dir = Path(kv["run_dir"])
+    with folder_lock(run_dir):
+        time.sleep(float(kv.get("sleep", 0)))
+        return _finish(run_dir)
+
+
 def count_steps(overrides: list[str]) -> Path:
     """Count to steps=N, 0.5 s per step, keeping the count on disk (the run's own checkpoint)."""
     kv = _args(overrides)
@@ -236,6 +247,28 @@ def test_failing_task_shows_as_failed_with_its_log(cluster, tmp_path):
     assert {t.name: t.state for t in report.tasks}["ok"] == "done"
     assert failed["after"].job_id == str(downstream[0].job_id)
     assert failed["after"].log is None  # it never started, so there is no log to point at
+
+
+def test_double_submission_is_skipped_as_running_elsewhere_not_failed(cluster, tmp_path):
+    from unrealnas.lock import holder
+
+    first = _task(tmp_path, "hold_run_dir", "twice", sleep=8)
+    (job_a,) = submit_array([first], _launcher(tmp_path), "search")
+    deadline = time.time() + JOB_TIMEOUT_S
+    while holder(first.run_dir) is None:
+        assert time.time() < deadline, "the first job never took the run directory"
+        time.sleep(0.2)
+    (job_b,) = submit_array([first], _launcher(tmp_path), "search-again")  # the same run, submitted again
+    wait_all([job_b], timeout_s=JOB_TIMEOUT_S, poll_s=0.5)
+    deadline = time.time() + 30
+    while True:  # until the second job has left the queue (COMPLETING still counts as running)
+        [t] = status(tmp_path / "runs").tasks
+        if t.note or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert t.state == "running" and t.note.startswith("skipped here: running elsewhere (host "), t
+    assert _wait_done([job_a]) == ["COMPLETED"]
+    assert [(t.state, t.name) for t in status(tmp_path / "runs").tasks] == [("done", "twice")]
 
 
 def test_multi_task_job_runs_every_rank(cluster, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -29,5 +30,6 @@ def test_srun_style_two_tasks_retrain(tmp_path, cifar_root):
     run_dir = tmp_path / "runs" / "train" / "cifar10-darts_v2-s0-smoke"
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["world_size"] == 2 and result["global_batch"] == 8
+    assert result["hosts"] == [socket.gethostname()] * 2  # one entry per rank, in rank order
     assert "2 rank(s)" in outs[0][1]
     assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["epoch"] == 1

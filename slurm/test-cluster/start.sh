@@ -2,10 +2,13 @@
 # Start a real one-node SLURM cluster on localhost (munged, slurmctld, slurmd; with --dbd also
 # MariaDB and slurmdbd, so that sacct and submitit's job states work). No systemd needed.
 #
-#   sudo slurm/test-cluster/start.sh [--dbd] [--fresh]
+#   sudo slurm/test-cluster/start.sh [--dbd] [--fresh] [--nodes N]
 #
-#   --dbd     also run accounting (MariaDB + slurmdbd); kept on by later plain calls
-#   --fresh   wipe the controller's saved state and the slurmd spool first (a clean queue)
+#   --dbd      also run accounting (MariaDB + slurmdbd); kept on by later plain calls
+#   --fresh    wipe the controller's saved state and the slurmd spool first (a clean queue)
+#   --nodes N  N nodes (default 1: one slurmd on localhost). N >= 2: each slurmd runs in its own
+#              network namespace unas-n<i> with hostname unas-n<i> and address 10.77.0.(10+i),
+#              joined by a bridge (10.77.0.1, where slurmctld listens); stop.sh removes them all
 #
 # Idempotent: a cluster that is already up with the same config is left alone. Every daemon this
 # script starts gets a pid file in $CLUSTER_DIR/run/, and stop.sh stops exactly those.
@@ -31,14 +34,19 @@ say() { echo "start.sh: $*"; }
 
 WANT_DBD=0
 FRESH=0
-for arg in "$@"; do
-    case "$arg" in
+NODES=1
+while [ $# -gt 0 ]; do
+    case "$1" in
         --dbd) WANT_DBD=1 ;;
         --fresh) FRESH=1 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) die "unknown option $arg (use --dbd, --fresh or --help)" ;;
+        --nodes) [ $# -ge 2 ] || die "--nodes needs a count"; NODES=$2; shift ;;
+        --nodes=*) NODES=${1#--nodes=} ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) die "unknown option $1 (use --dbd, --fresh, --nodes N or --help)" ;;
     esac
+    shift
 done
+[[ "$NODES" =~ ^[1-9]$ ]] || die "--nodes $NODES: use a node count from 1 to 9"
 
 [ "$(id -u)" = 0 ] || die "run as root (slurmd switches to each job owner's uid): sudo $0 $*"
 
@@ -63,15 +71,26 @@ export SLURM_CONF="$ETC/slurm.conf"
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-# stop_ours NAME: stop a daemon this kit started (used when its config changed).
+# stop_ours NAME [COMMAND]: stop a daemon this kit started (used when its config changed);
+# NAME.pid is its pid file, COMMAND (default NAME) its process name.
 stop_ours() {
-    local pidfile="$RUN/$1.pid" pid
-    alive "$pidfile" "$1" || { rm -f "$pidfile"; return 0; }
+    local pidfile="$RUN/$1.pid" comm=${2:-$1} pid
+    alive "$pidfile" "$comm" || { rm -f "$pidfile"; return 0; }
     pid=$(cat "$pidfile")
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do alive "$pidfile" "$1" || break; sleep 0.2; done
-    alive "$pidfile" "$1" && kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do alive "$pidfile" "$comm" || break; sleep 0.2; done
+    alive "$pidfile" "$comm" && kill -KILL "$pid" 2>/dev/null || true
     rm -f "$pidfile"
+}
+
+stop_all_slurmd() {  # the one-node slurmd and every per-node one
+    local f
+    stop_ours slurmd
+    for f in "$RUN"/slurmd-*.pid; do
+        [ -e "$f" ] || continue
+        f=${f##*/}
+        stop_ours "${f%.pid}" slurmd
+    done
 }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: poll COMMAND until it succeeds
@@ -100,6 +119,21 @@ if [ "$WANT_DBD" = 1 ]; then ACCT=accounting_storage/slurmdbd; else ACCT=account
 sed -e "s|@CLUSTER_DIR@|$CLUSTER_DIR|g" -e "s|@NODE_CPUS@|$NODE_CPUS|g" \
     -e "s|@REAL_MEMORY_MB@|$REAL_MEMORY_MB|g" -e "s|@ACCOUNTING_STORAGE_TYPE@|$ACCT|g" \
     -e "s|@DBD_PORT@|$DBD_PORT|g" "$KIT/slurm.conf.in" > "$ETC/slurm.conf.new"
+CONF_CHANGED=0
+if ! cmp -s "$ETC/slurm.conf.new" "$ETC/slurm.conf"; then CONF_CHANGED=1; fi
+if [ "$NODES" -gt 1 ]; then
+    # One NodeName per namespace; slurmctld listens on the bridge so that every namespace reaches it.
+    # Each slurmd gets its own pid file, spool and log (%n = its node name).
+    node_lines=""
+    for i in $(seq "$NODES"); do
+        node_lines+="NodeName=$(node_name "$i") NodeAddr=$(node_addr "$i") CPUs=$NODE_CPUS RealMemory=$REAL_MEMORY_MB State=UNKNOWN\n"
+    done
+    sed -i -e "s|^SlurmctldHost=.*|SlurmctldHost=$(hostname -s)($NET_SUBNET.1)|" \
+        -e "s|^SlurmdPidFile=.*|SlurmdPidFile=$RUN/slurmd-%n.pid|" \
+        -e "s|^SlurmdSpoolDir=.*|SlurmdSpoolDir=$CLUSTER_DIR/spool/%n|" \
+        -e "s|^SlurmdLogFile=.*|SlurmdLogFile=$LOG/slurmd-%n.log|" \
+        -e "s|^NodeName=.*|${node_lines%\\n}|" "$ETC/slurm.conf.new"
+fi
 CONF_CHANGED=0
 if ! cmp -s "$ETC/slurm.conf.new" "$ETC/slurm.conf"; then CONF_CHANGED=1; fi
 mv "$ETC/slurm.conf.new" "$ETC/slurm.conf"
@@ -156,7 +190,7 @@ if [ "$CONF_CHANGED" = 1 ] || [ "$FRESH" = 1 ]; then
     if alive "$RUN/slurmctld.pid" slurmctld || alive "$RUN/slurmd.pid" slurmd; then
         say "restarting slurmctld and slurmd (config changed or --fresh)"
     fi
-    stop_ours slurmd
+    stop_all_slurmd
     stop_ours slurmctld
 fi
 if [ "$FRESH" = 1 ]; then
@@ -169,10 +203,27 @@ if alive "$RUN/slurmctld.pid" slurmctld; then
 else
     slurmctld
 fi
-if alive "$RUN/slurmd.pid" slurmd; then
-    say "slurmd already running"
+if [ "$NODES" = 1 ]; then
+    net_down  # a multi-node cluster before this one-node one: its namespaces go
+    if alive "$RUN/slurmd.pid" slurmd; then
+        say "slurmd already running"
+    else
+        slurmd -N localhost
+    fi
 else
-    slurmd -N localhost
+    net_up "$NODES"
+    for i in $(seq "$NODES"); do
+        name=$(node_name "$i")
+        mkdir -p "$CLUSTER_DIR/spool/$name"
+        if alive "$RUN/slurmd-$name.pid" slurmd; then
+            say "slurmd $name already running"
+        else
+            # Its own network namespace (address) and UTS namespace (hostname); jobs inherit both.
+            # nsenter, not `ip netns exec`: that also remounts /sys, hiding the cgroup mounts slurmd probes.
+            nsenter --net="/run/netns/$name" unshare --uts sh -c "hostname $name && exec slurmd -N $name" \
+                || { log_tail "$LOG/slurmd-$name.log"; die "slurmd $name did not start"; }
+        fi
+    done
 fi
 
 # Clients (sbatch, submitit, scontrol inside jobs) read /etc/slurm/slurm.conf unless SLURM_CONF is set.
@@ -185,16 +236,16 @@ fi
 
 # ---- readiness: a real job step must run (sinfo can say "idle" from saved state before slurmd registers)
 deadline=$((SECONDS + READY_TIMEOUT))
-until timeout 5 srun -n1 --immediate=2 true >/dev/null 2>&1; do
+until timeout 5 srun -N "$NODES" -n "$NODES" --immediate=2 true >/dev/null 2>&1; do
     if [ $SECONDS -ge $deadline ]; then
         sinfo -N -l >&2 || true
         log_tail "$LOG/slurmctld.log" "$LOG/slurmd.log"
         die "no job step ran within ${READY_TIMEOUT}s"
     fi
     # A DRAIN/DOWN saved from an earlier config survives restarts; resume the node.
-    if sinfo -h -N -o %t 2>/dev/null | grep -qE 'drain|down|inval'; then
-        scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
-    fi
+    for node in $(sinfo -h -N -o '%N %t' 2>/dev/null | awk '$2 ~ /drain|down|inval/ {print $1}'); do
+        scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+    done
     sleep 0.3
 done
 if [ "$WANT_DBD" = 1 ]; then

@@ -278,12 +278,14 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
     say(f"{run_dir}: {cfg.train.target}, {params_m:.2f}M params, {flops_m:.0f}M mult-adds, {env.world_size} rank(s) "
         f"on {device}, lr {opts.lr:g} at global batch {target.per_rank_batch * env.world_size}")
     rid = run_dir.name
+    hosts = [str(h) for h in dist.all_gather_objects(socket.gethostname())]  # per rank, in rank order
     try:
         out: FitResult = fit(model, target, opts, run_dir, device, env, fingerprint, resume, say, stop_after)
     except Exception as e:
         if env.is_main:
             write_json_atomic(result_path, _result(cfg, source, "failed", rid, error=f"{type(e).__name__}: {e}",
-                                                   params_m=params_m, flops_m=flops_m))
+                                                   params_m=params_m, flops_m=flops_m, world_size=env.world_size,
+                                                   hosts=hosts))
         raise
     if out.completed and env.is_main:
         hours = out.wall_s * env.world_size / 3600.0
@@ -291,7 +293,7 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
         metrics = {k: v for k, v in out.metrics.items() if k != "val_loss"}
         write_json_atomic(result_path, _result(
             cfg, source, "completed", rid, metrics=metrics, params_m=params_m, flops_m=flops_m,
-            wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, epochs=opts.epochs,
+            wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, hosts=hosts, epochs=opts.epochs,
             lr=opts.lr, global_batch=target.per_rank_batch * env.world_size, finished_at=time.time(),
         ))
         say(f"done: {metrics}")
