@@ -20,7 +20,6 @@ from unrealnas.launch import (
     Task,
     check_slurm,
     dependency_of,
-    expand_sweep,
     format_status,
     slurm_parameters,
     status,
@@ -124,18 +123,28 @@ def test_failure_is_reported_with_its_log_and_blocks_dependents(tmp_path):
     assert status(tmp_path / "runs").failures() == []
 
 
-def test_cli_verbs_run_through_the_verb_table(tmp_path, monkeypatch):
-    monkeypatch.setitem(cli.VERBS, "fake", (__name__, "fake_cli_verb", "test-only verb"))
-    jobs = submit_array([Task("fake", ["rc=0"]), Task("fake", ["rc=3"])], _launcher(tmp_path), "fake")
+def test_cli_style_functions_fail_on_a_nonzero_status(tmp_path):
+    spec = f"{__name__}:fake_cli_verb"
+    jobs = submit_array([Task(spec, ["rc=0"], stage="fake"), Task(spec, ["rc=3"], stage="fake")],
+                        _launcher(tmp_path), "fake")
     assert [j.state for j in jobs] == ["COMPLETED", "FAILED"]
     assert "exited with status 3" in jobs[1].error
     assert "fake verb ['rc=0']" in jobs[0].log_path.read_text()
 
 
 def test_config_verb_runs_locally(tmp_path):
-    (job,) = submit_array([Task("config", ["seed=7", "preset=smoke"])], _launcher(tmp_path), "config")
+    task = Task(f"{cli.VERBS['config'][0]}:{cli.VERBS['config'][1]}", ["seed=7", "preset=smoke"], stage="config")
+    (job,) = submit_array([task], _launcher(tmp_path), "config")
     assert job.state == "COMPLETED"
     assert "seed: 7" in job.log_path.read_text()
+
+
+def test_launch_layer_does_not_know_the_command_line(tmp_path):
+    """The caller hands the launch layer what to run; a bare CLI verb name is refused."""
+    for path in (REPO / "unrealnas" / "launch").glob("*.py"):
+        assert "unrealnas.cli" not in path.read_text(), path
+    (job,) = submit_array([Task("config", ["seed=7"])], _launcher(tmp_path), "config")
+    assert job.state == "FAILED" and "neither a stage" in job.error
 
 
 def test_slurm_launcher_without_slurm_says_so(tmp_path, monkeypatch):
@@ -259,15 +268,6 @@ def test_bad_task_lists_are_rejected(tmp_path):
         submit_array([t], _launcher(tmp_path, "pbs"), "x")
     with pytest.raises(ConfigError, match="cannot honour"):
         submit_array([t], _launcher(tmp_path), "x", dependency="afterok:1")
-
-
-def test_expand_sweep_is_a_cartesian_product():
-    combos = expand_sweep(["seed=0,1", "data.num_classes=10,100", "preset=smoke"])
-    assert combos == [[f"seed={s}", f"data.num_classes={c}", "preset=smoke"]
-                      for s in (0, 1) for c in (10, 100)]
-    assert len(expand_sweep(["seed=range(5)"])) == 5
-    with pytest.raises(UserError):
-        expand_sweep(["seed=[0,1"])
 
 
 def test_task_file_lists_unfinished_cli_tasks(tmp_path):

@@ -38,13 +38,29 @@ def _usage() -> str:
     lines = ["usage: unrealnas <verb> [args] [key=value overrides...]", "", "verbs:"]
     lines += [f"  {v:<12} {h}" for v, (_, _, h) in VERBS.items()]
     lines += ["", "examples:", "  unrealnas generate data=rlgd data.num_classes=5000 seed=0",
-              "  unrealnas search search=darts data=rlrn seed=3 preset=smoke"]
+              "  unrealnas search search=darts data=rlrn seed=3 preset=smoke",
+              "  unrealnas search -m search=darts,sgas_c2 seed=range(3) preset=smoke launcher=local",
+              "", "-m/--multirun: one task per combination of the sweeps (Hydra's syntax: a,b  range(n)",
+              "  glob(*)  choice(a,b)), submitted as ONE job array (launcher=slurm) or run here",
+              "  (launcher=local launcher.local_workers=N); --dry-run lists the tasks"]
     return "\n".join(lines)
 
 
 def _resolve(verb: str) -> Callable[[list[str]], int]:
     module, func, _ = VERBS[verb]
     return getattr(importlib.import_module(module), func)
+
+
+def _refuse_sweeps(args: list[str]) -> None:
+    """Without -m, sweep syntax (``seed=0,1``, ``range(3)``) is a mistake: say how to run it."""
+    overrides = [a for a in args if "=" in a or a.startswith(("~", "+"))]
+    if not overrides:
+        return
+    from unrealnas.config.sweep import sweep_keys
+
+    keys = sweep_keys(overrides)
+    if keys:
+        raise UserError(f"{keys[0]} is a sweep; add -m (--multirun) to run one task per combination")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
     try:
+        if any(a in ("-m", "--multirun") for a in args):
+            from unrealnas.multirun import run_multirun
+
+            module, func, _ = VERBS[verb]
+            return int(run_multirun(verb, f"{module}:{func}", args) or 0)
+        _refuse_sweeps(args)
         rc = _resolve(verb)(args)
         return int(rc or 0)
     except UserError as e:

@@ -31,7 +31,9 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool =
     from omegaconf.errors import OmegaConfBaseException
 
     from unrealnas.config.schema import register_schemas
+    from unrealnas.config.sweep import refuse_hydra_overrides
 
+    refuse_hydra_overrides(overrides)
     register_schemas()
     GlobalHydra.instance().clear()
     try:
