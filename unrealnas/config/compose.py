@@ -14,12 +14,20 @@ SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
 SPLITS = ("same_flipped", "other_half")
 
 
+def package_dir(name: str) -> Path:
+    """A folder shipped inside the package (``conf``, ``slurm``): a checkout's symlink or a wheel's copy."""
+    from importlib.resources import files
+
+    return Path(str(files("unrealnas") / name))
+
+
 def conf_dir() -> Path:
-    """The ``conf/`` folder: $UNREALNAS_CONF, else the one beside the package."""
+    """The ``conf/`` folder: $UNREALNAS_CONF, else the one shipped in the package."""
     env = os.environ.get("UNREALNAS_CONF")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    path = Path(env) if env else package_dir("conf")
     if not (path / "config.yaml").is_file():
-        raise ConfigError(f"config folder {path} has no config.yaml; set UNREALNAS_CONF to the repo's conf/ folder")
+        fix = "point UNREALNAS_CONF at a folder with config.yaml" if env else "reinstall unrealnas (its conf/ is missing)"
+        raise ConfigError(f"config folder {path} has no config.yaml; {fix}")
     return path
 
 
