@@ -51,6 +51,16 @@ def _resolve(verb: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module), func)
 
 
+def _verb_help(verb: str) -> str:
+    from unrealnas.multirun import NO_MULTIRUN, VERB_KEYS
+    from unrealnas.verb_help import verb_help
+
+    module, func, summary = VERBS[verb]
+    # The verb function's docstring without importing its module (and torch) just for help.
+    doc = getattr(importlib.import_module(module), func).__doc__ if module == "unrealnas.commands" else None
+    return verb_help(verb, summary, doc, VERB_KEYS.get(verb), multirun=verb not in NO_MULTIRUN)
+
+
 def _refuse_sweeps(args: list[str]) -> None:
     """Without -m, sweep syntax (``seed=0,1``, ``range(3)``) is a mistake: say how to run it."""
     overrides = [a for a in args if "=" in a or a.startswith(("~", "+"))]
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
     try:
+        if any(a in ("-h", "--help") for a in args):
+            print(_verb_help(verb))
+            return 0
         if any(a in ("-m", "--multirun") for a in args):
             from unrealnas.multirun import run_multirun
 
