@@ -301,3 +301,39 @@ def test_local_workers_run_tasks_in_parallel_processes_and_isolate_failures(tmp_
     assert len(pids) == 4 and os.getpid() not in pids
     again = submit_array(tasks, _launcher(tmp_path, local_workers=2), "search")
     assert [j.task.run_dir.name for j in again] == ["s2"]
+
+
+def test_submitit_settings_as_dinov2_uses_them(tmp_path):
+    """max_num_timeout, signal delay, constraint, exclude, comment and mail reach the sbatch script."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from unrealnas.config import compose_config
+    from unrealnas.launch.submit import make_executor
+
+    cfg = compose_config(["launcher=slurm", "launcher.constraint=volta32gb", "launcher.exclude='node[01-02]'",
+                          "launcher.comment=unrealnas", "launcher.mail_type='END,FAIL'", "launcher.mail_user=me@x.org",
+                          f"paths.runs={tmp_path}"])
+    assert cfg.launcher.max_num_timeout == 30 and cfg.launcher.signal_delay_s == 120
+    executor = make_executor(cfg.launcher, tmp_path / "%A", "search")
+    assert executor._executor.max_num_timeout == 30  # submitit's default would be 3
+    script = _make_sbatch_string(command="true", folder=tmp_path, **executor._executor.parameters)
+    lines = {ln.replace("'", "") for ln in script.splitlines()}  # submitit shell-quotes values; sbatch unquotes
+    for line in ("#SBATCH --constraint=volta32gb", "#SBATCH --exclude=node[01-02]", "#SBATCH --comment=unrealnas",
+                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --mail-user=me@x.org", "#SBATCH --signal=USR2@120"):
+        assert line in lines, line
+    fewer = make_executor(OmegaConf.merge(cfg.launcher, {"max_num_timeout": 2}), tmp_path / "%A", "search")
+    assert fewer._executor.max_num_timeout == 2
+
+
+def test_preemption_requeues_without_counting_a_timeout(tmp_path):
+    """submitit's countdown drops only for a timed-out job; TaskRunner.checkpoint requeues a fresh copy."""
+    import submitit
+    from submitit.core import job_environment
+
+    task = _tasks(tmp_path)[0]
+    delayed = submitit.helpers.DelayedSubmission(TaskRunner(task))
+    delayed.set_timeout(60, 30)
+    path = tmp_path / "submitted.pkl"
+    assert job_environment._checkpoint(delayed, path, delayed._timeout_countdown) == ""  # "" = requeued
+    again = submitit.helpers.DelayedSubmission.load(path)
+    assert again._timeout_countdown == 30 and again.function.task == task and again.function is not delayed.function

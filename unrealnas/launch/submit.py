@@ -170,13 +170,29 @@ def slurm_parameters(launcher_cfg: Any, name: str, dependency: str | None = None
     mem_gb = _get(launcher_cfg, "mem_gb")
     if mem_gb:
         params["mem_gb"] = mem_gb
-    for key in ("partition", "account", "qos"):
+    params["slurm_signal_delay_s"] = int(_get(launcher_cfg, "signal_delay_s", 120))
+    for key in ("partition", "account", "qos", "constraint", "exclude", "comment", "mail_type", "mail_user"):
         value = _get(launcher_cfg, key)
         if value:
             params[f"slurm_{key}"] = str(value)
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
+
+
+def make_executor(launcher_cfg: Any, folder: Path, name: str, dependency: str | None = None) -> Any:
+    """A submitit AutoExecutor for SLURM with the launcher's parameters (nothing is submitted)."""
+    import submitit
+
+    # Time-limit requeues are capped by max_num_timeout; submitit requeues a preempted job (signal
+    # before the limit) without counting it, and TaskRunner.checkpoint resumes from disk either way.
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                     slurm_max_num_timeout=int(_get(launcher_cfg, "max_num_timeout", 30)))
+    try:
+        executor.update_parameters(**slurm_parameters(launcher_cfg, name, dependency))
+    except ValueError as e:
+        raise ConfigError(f"launcher: {str(e).splitlines()[0]}") from e
+    return executor
 
 
 def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: str | None) -> list[Any]:
@@ -188,11 +204,7 @@ def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: s
     base = Path(str(_get(launcher_cfg, "folder", "runs/slurm"))).expanduser().absolute() / name
     base.mkdir(parents=True, exist_ok=True)
     # One folder per array: <folder>/<name>/<array id>/ holds its logs, pickles and tasks.json.
-    executor = submitit.AutoExecutor(folder=base / "%A", cluster="slurm")
-    try:
-        executor.update_parameters(**slurm_parameters(launcher_cfg, name, dependency))
-    except ValueError as e:
-        raise ConfigError(f"launcher: {str(e).splitlines()[0]}") from e
+    executor = make_executor(launcher_cfg, base / "%A", name, dependency)
     try:
         with executor.batch():
             jobs = [executor.submit(TaskRunner(task)) for task in tasks]
