@@ -337,3 +337,38 @@ def test_preemption_requeues_without_counting_a_timeout(tmp_path):
     assert job_environment._checkpoint(delayed, path, delayed._timeout_countdown) == ""  # "" = requeued
     again = submitit.helpers.DelayedSubmission.load(path)
     assert again._timeout_countdown == 30 and again.function.task == task and again.function is not delayed.function
+
+
+def test_a_moved_or_copied_runs_folder_counts_its_own_runs(tmp_path, capsys):
+    import shutil
+
+    jobs = submit_array(_tasks(tmp_path, fail=(1,)), _launcher(tmp_path), "search")
+    record = json.loads((jobs[0].log_path.parent / "tasks.json").read_text())
+    assert all(not os.path.isabs(e["run_dir"]) and not os.path.isabs(e["stdout"]) for e in record["tasks"])
+    copy = tmp_path / "copy" / "runs"
+    shutil.copytree(tmp_path / "runs", copy)
+    shutil.rmtree(tmp_path / "runs" / "search" / "s0")  # the original changes; the copy must not see it
+    report = status(copy)
+    assert len(report.tasks) == 3  # not 6: the records point into the copy
+    assert all(t.run_dir.startswith(str(copy)) for t in report.tasks)
+    assert {t.name: t.state for t in report.tasks} == {"s0": "done", "s1": "failed", "s2": "done"}
+    assert Path(report.failures()[0].log).is_relative_to(copy)
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)
+    assert {t.name: t.state for t in status(moved).tasks} == {"s0": "done", "s1": "failed", "s2": "done"}
+    capsys.readouterr()
+    assert cmd_status([str(moved), "--format", "json"]) == 1
+    assert len(json.loads(capsys.readouterr().out)["tasks"]) == 3
+    assert cmd_status([str(moved), "--format=json"]) == 1
+    assert json.loads(capsys.readouterr().out)["groups"][0]["failed"] == 1
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    submit_array(_tasks(tmp_path), _launcher(tmp_path), "search")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "unrealnas", "status", str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line is written, as after `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
