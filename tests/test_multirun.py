@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,14 +75,15 @@ def test_plan_gives_absolute_paths_and_drops_launcher_overrides(tmp_path, monkey
     assert {t.group for t in tasks} == {"search=darts", "search=sgas_c2"}  # seeds are repeats of a cell
 
 
-def test_search_multirun_runs_then_skips_complete_tasks(tmp_path, capsys):
-    args = ["search", "-m", "seed=0,1", *smoke_overrides(tmp_path, *TINY)]
+def test_generate_multirun_runs_then_skips_complete_tasks(tmp_path, capsys):
+    args = ["generate", "-m", "seed=0,1", "data=rlrn,rlgd", *smoke_overrides(tmp_path, *TINY)]
     assert main(args) == 0
-    run_dirs = capsys.readouterr().out.split()
-    assert len(run_dirs) == 2 and all(json.loads(open(f"{d}/result.json").read())["status"] == "completed"
-                                      for d in run_dirs)
+    folders = capsys.readouterr().out.split()
+    assert len(folders) == 4 and all(Path(f, "manifest.json").is_file() for f in folders)
     assert main([*args, "--dry-run"]) == 0
     listing = capsys.readouterr().out
-    assert "2 task(s), 0 to run" in listing and listing.count("[done]") == 2
+    assert "4 task(s), 0 to run" in listing and listing.count("[done]") == 4
     assert main(args) == 0
     assert "nothing to submit" in capsys.readouterr().err
+    assert main([*args[:2], "seed=0,1,2", *args[3:], "--dry-run"]) == 0
+    assert "6 task(s), 2 to run" in capsys.readouterr().out  # only the new seed is left

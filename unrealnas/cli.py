@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown verb {verb!r}; choose one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
     try:
+        from unrealnas.observe import log_level_of, set_log_level
+
+        set_log_level(log_level_of(args) or "INFO")
         if any(a in ("-h", "--help") for a in args):
             print(_verb_help(verb))
             return 0

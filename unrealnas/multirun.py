@@ -10,7 +10,6 @@ time). Tasks whose run directory is complete are skipped, as in the pipeline.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -48,7 +47,9 @@ STAGE_VERBS = ("generate", "search", "retrain")  # resumable stages with a known
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def _split(args: Sequence[str]) -> tuple[list[str], list[str]]:

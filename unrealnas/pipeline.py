@@ -24,7 +24,6 @@ import copy
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,9 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_./+:@-]+$")
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def quote_override(value: str | Path) -> str:

@@ -117,6 +117,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")
     _check(cfg.format in ("text", "json"), "format", cfg.format, "choose text or json")
+    _check(str(cfg.log_level).upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", cfg.log_level,
+           "choose DEBUG, INFO, WARNING or ERROR")
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "choose auto, cpu, cuda or cuda:N")
 

@@ -190,6 +190,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: str = "text"  # output format of inspection commands: text | json
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR: timestamped progress lines on stderr
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=<name> (conf/experiment/); read by `pipeline`
 

@@ -24,12 +24,15 @@ from typing import Any, TextIO
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch.records import task_entry, write_record
 from unrealnas.launch.task import Task, run_task
+from unrealnas.observe import bar, counter
 
 DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 # ---- jobs and dependencies -------------------------------------------------------------------
@@ -295,7 +298,7 @@ def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
         _run_local_parallel(jobs, name, folder, workers, record)
         return jobs
     _say(f"{name}: running {len(jobs)} task(s) here, one after another; logs in {folder}")
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(bar(jobs, len(jobs), desc=name, unit="task")):
         job.state = "RUNNING"
         record()
         with _tee_output(job.log_path):
@@ -348,6 +351,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
                                    max_tasks_per_child=1)
 
     pool = new_pool()
+    tasks_bar = counter(len(jobs), desc=name, unit="task")
     running: dict[Any, LocalJob] = {}
     queue = list(jobs)
     done_count = 0
@@ -371,6 +375,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
                     if isinstance(exc, BrokenProcessPool):  # a worker was killed: the pool cannot take more
                         pool.shutdown(wait=False)
                         pool = new_pool()
+                tasks_bar.update()
                 _say(f"[{name} {done_count}/{len(jobs)} {job.state.lower()}] {job.task.describe()}"
                      + (f": {job.error} (log: {job.log_path})" if job.error else ""))
     except KeyboardInterrupt:
@@ -380,6 +385,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    tasks_bar.close()
     record()
 
 

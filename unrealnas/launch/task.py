@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,12 +112,18 @@ def _import_callable(spec: str) -> Callable[[list[str]], Any]:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path | None:
     """Run (or resume, or skip when complete) one task in this process; return its run directory."""
     say = progress or _say
+    from unrealnas.observe import log_level_of, set_log_level
+
+    if log_level_of(task.overrides):  # in a job there is no CLI to set it
+        set_log_level(log_level_of(task.overrides))
     if task.is_complete():
         say(f"{task.run_dir} already complete; nothing to do")
         return task.run_dir
