@@ -399,6 +399,10 @@ def submit_stages(stages: Sequence[Stage],
 
     ``before(stage, jobs so far)`` runs just before a stage is submitted (e.g. to mark a report stale).
     """
+    from unrealnas.launch.gres import check_gpu_requests
+
+    # Every array's GPU request first: a stage that cannot fit must not leave earlier ones queued.
+    check_gpu_requests([(s.name, s.launcher) for s in stages if s.tasks])
     jobs: dict[str, list[Any]] = {}
     for stage in stages:
         if before is not None:

@@ -449,6 +449,9 @@ def submit_array(tasks: Sequence[Task], launcher_cfg: Any, name: str,
                               "pass the earlier stage's jobs instead")
         return _submit_local(todo, launcher_cfg, name, dependency)
     if kind == "slurm":
+        from unrealnas.launch.gres import check_gpu_requests
+
+        check_gpu_requests([(name, launcher_cfg)])
         _validate_config(todo)
         dep = dependency.sbatch() if isinstance(dependency, Dependency) else dependency
         return _submit_slurm(todo, launcher_cfg, name, dep)
