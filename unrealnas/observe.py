@@ -68,7 +68,7 @@ def say(msg: str) -> None:
     """Log one progress line; lines that start with ``warning:`` are warnings."""
     log = get_logger()
     if msg.startswith("warning:"):
-        log.warning(msg[len("warning:"):].strip())
+        log.warning(msg)  # the text keeps its "warning:" (scripts grep for it)
     else:
         log.info(msg)
 
