@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a fresh Debian 12 machine for unrealnas:
-#   - Debian packages: FFCV's build deps (libturbojpeg0-dev, libopencv-dev, pkg-config) and a
+#   - Debian packages: FFCV's build deps (libturbojpeg0-dev, libopencv-dev, pkg-config), graphviz
+#     (the dot program that draws the cells; without it a matplotlib drawing is made) and a
 #     one-node SLURM for the integration tests (slurm-wlm, munge, slurmdbd, mariadb-server);
 #   - a virtual environment in .venv with the package, its ffcv extra and the dev tools.
 # Re-running it installs only what is missing. Set UNREALNAS_SKIP_APT=1 to skip the apt step
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config slurm-wlm munge slurmdbd mariadb-server)
+APT_PACKAGES=(libturbojpeg0-dev libopencv-dev pkg-config graphviz slurm-wlm munge slurmdbd mariadb-server)
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 
