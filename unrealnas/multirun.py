@@ -44,6 +44,8 @@ NO_MULTIRUN = {
     "analyze": "analyze plans its own arrays: list the datasets in analysis.datasets",
 }
 STAGE_VERBS = ("generate", "search", "retrain")  # resumable stages with a known run directory
+# Verbs that read a folder given on the command line and take only a few options (no paths.*).
+FOLDER_VERBS = ("verify", "inspect", "export-ffcv", "table", "plot", "status")
 
 
 def _say(msg: str) -> None:
@@ -95,9 +97,9 @@ def plan_multirun(verb: str, spec: str, args: Sequence[str]) -> tuple[list[Any],
         if launcher is None:
             launcher = cfg.launcher
         # Absolute paths: an array task may start in another working directory than this command.
-        ovs = [*task_overrides(combo),
-               f"paths.runs={quote_override(Path(cfg.paths.runs).expanduser().absolute())}",
-               f"paths.data={quote_override(Path(cfg.paths.data).expanduser().absolute())}"]
+        paths = [f"paths.runs={quote_override(Path(cfg.paths.runs).expanduser().absolute())}",
+                 f"paths.data={quote_override(Path(cfg.paths.data).expanduser().absolute())}"]
+        ovs = [*task_overrides(combo), *([] if verb in FOLDER_VERBS else paths)]
         # Seeds are repeats of one cell; status counts them together.
         group = ",".join(o for o in combo if override_key(o) in swept and override_key(o) != "seed")
         if verb in STAGE_VERBS:
