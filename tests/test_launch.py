@@ -20,7 +20,6 @@ from unrealnas.launch import (
     Task,
     check_slurm,
     dependency_of,
-    expand_sweep,
     format_status,
     slurm_parameters,
     status,
@@ -124,18 +123,28 @@ def test_failure_is_reported_with_its_log_and_blocks_dependents(tmp_path):
     assert status(tmp_path / "runs").failures() == []
 
 
-def test_cli_verbs_run_through_the_verb_table(tmp_path, monkeypatch):
-    monkeypatch.setitem(cli.VERBS, "fake", (__name__, "fake_cli_verb", "test-only verb"))
-    jobs = submit_array([Task("fake", ["rc=0"]), Task("fake", ["rc=3"])], _launcher(tmp_path), "fake")
+def test_cli_style_functions_fail_on_a_nonzero_status(tmp_path):
+    spec = f"{__name__}:fake_cli_verb"
+    jobs = submit_array([Task(spec, ["rc=0"], stage="fake"), Task(spec, ["rc=3"], stage="fake")],
+                        _launcher(tmp_path), "fake")
     assert [j.state for j in jobs] == ["COMPLETED", "FAILED"]
     assert "exited with status 3" in jobs[1].error
     assert "fake verb ['rc=0']" in jobs[0].log_path.read_text()
 
 
 def test_config_verb_runs_locally(tmp_path):
-    (job,) = submit_array([Task("config", ["seed=7", "preset=smoke"])], _launcher(tmp_path), "config")
+    task = Task(f"{cli.VERBS['config'][0]}:{cli.VERBS['config'][1]}", ["seed=7", "preset=smoke"], stage="config")
+    (job,) = submit_array([task], _launcher(tmp_path), "config")
     assert job.state == "COMPLETED"
     assert "seed: 7" in job.log_path.read_text()
+
+
+def test_launch_layer_does_not_know_the_command_line(tmp_path):
+    """The caller hands the launch layer what to run; a bare CLI verb name is refused."""
+    for path in (REPO / "unrealnas" / "launch").glob("*.py"):
+        assert "unrealnas.cli" not in path.read_text(), path
+    (job,) = submit_array([Task("config", ["seed=7"])], _launcher(tmp_path), "config")
+    assert job.state == "FAILED" and "neither a stage" in job.error
 
 
 def test_slurm_launcher_without_slurm_says_so(tmp_path, monkeypatch):
@@ -261,15 +270,6 @@ def test_bad_task_lists_are_rejected(tmp_path):
         submit_array([t], _launcher(tmp_path), "x", dependency="afterok:1")
 
 
-def test_expand_sweep_is_a_cartesian_product():
-    combos = expand_sweep(["seed=0,1", "data.num_classes=10,100", "preset=smoke"])
-    assert combos == [[f"seed={s}", f"data.num_classes={c}", "preset=smoke"]
-                      for s in (0, 1) for c in (10, 100)]
-    assert len(expand_sweep(["seed=range(5)"])) == 5
-    with pytest.raises(UserError):
-        expand_sweep(["seed=[0,1"])
-
-
 def test_task_file_lists_unfinished_cli_tasks(tmp_path):
     done = tmp_path / "runs" / "search" / "done"
     done.mkdir(parents=True)
@@ -301,3 +301,74 @@ def test_local_workers_run_tasks_in_parallel_processes_and_isolate_failures(tmp_
     assert len(pids) == 4 and os.getpid() not in pids
     again = submit_array(tasks, _launcher(tmp_path, local_workers=2), "search")
     assert [j.task.run_dir.name for j in again] == ["s2"]
+
+
+def test_submitit_settings_as_dinov2_uses_them(tmp_path):
+    """max_num_timeout, signal delay, constraint, exclude, comment and mail reach the sbatch script."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from unrealnas.config import compose_config
+    from unrealnas.launch.submit import make_executor
+
+    cfg = compose_config(["launcher=slurm", "launcher.constraint=volta32gb", "launcher.exclude='node[01-02]'",
+                          "launcher.comment=unrealnas", "launcher.mail_type='END,FAIL'", "launcher.mail_user=me@x.org",
+                          f"paths.runs={tmp_path}"])
+    assert cfg.launcher.max_num_timeout == 30 and cfg.launcher.signal_delay_s == 120
+    executor = make_executor(cfg.launcher, tmp_path / "%A", "search")
+    assert executor._executor.max_num_timeout == 30  # submitit's default would be 3
+    script = _make_sbatch_string(command="true", folder=tmp_path, **executor._executor.parameters)
+    lines = {ln.replace("'", "") for ln in script.splitlines()}  # submitit shell-quotes values; sbatch unquotes
+    for line in ("#SBATCH --constraint=volta32gb", "#SBATCH --exclude=node[01-02]", "#SBATCH --comment=unrealnas",
+                 "#SBATCH --mail-type=END,FAIL", "#SBATCH --mail-user=me@x.org", "#SBATCH --signal=USR2@120"):
+        assert line in lines, line
+    fewer = make_executor(OmegaConf.merge(cfg.launcher, {"max_num_timeout": 2}), tmp_path / "%A", "search")
+    assert fewer._executor.max_num_timeout == 2
+
+
+def test_preemption_requeues_without_counting_a_timeout(tmp_path):
+    """submitit's countdown drops only for a timed-out job; TaskRunner.checkpoint requeues a fresh copy."""
+    import submitit
+    from submitit.core import job_environment
+
+    task = _tasks(tmp_path)[0]
+    delayed = submitit.helpers.DelayedSubmission(TaskRunner(task))
+    delayed.set_timeout(60, 30)
+    path = tmp_path / "submitted.pkl"
+    assert job_environment._checkpoint(delayed, path, delayed._timeout_countdown) == ""  # "" = requeued
+    again = submitit.helpers.DelayedSubmission.load(path)
+    assert again._timeout_countdown == 30 and again.function.task == task and again.function is not delayed.function
+
+
+def test_a_moved_or_copied_runs_folder_counts_its_own_runs(tmp_path, capsys):
+    import shutil
+
+    jobs = submit_array(_tasks(tmp_path, fail=(1,)), _launcher(tmp_path), "search")
+    record = json.loads((jobs[0].log_path.parent / "tasks.json").read_text())
+    assert all(not os.path.isabs(e["run_dir"]) and not os.path.isabs(e["stdout"]) for e in record["tasks"])
+    copy = tmp_path / "copy" / "runs"
+    shutil.copytree(tmp_path / "runs", copy)
+    shutil.rmtree(tmp_path / "runs" / "search" / "s0")  # the original changes; the copy must not see it
+    report = status(copy)
+    assert len(report.tasks) == 3  # not 6: the records point into the copy
+    assert all(t.run_dir.startswith(str(copy)) for t in report.tasks)
+    assert {t.name: t.state for t in report.tasks} == {"s0": "done", "s1": "failed", "s2": "done"}
+    assert Path(report.failures()[0].log).is_relative_to(copy)
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)
+    assert {t.name: t.state for t in status(moved).tasks} == {"s0": "done", "s1": "failed", "s2": "done"}
+    capsys.readouterr()
+    assert cmd_status([str(moved), "--format", "json"]) == 1
+    assert len(json.loads(capsys.readouterr().out)["tasks"]) == 3
+    assert cmd_status([str(moved), "--format=json"]) == 1
+    assert json.loads(capsys.readouterr().out)["groups"][0]["failed"] == 1
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+    submit_array(_tasks(tmp_path), _launcher(tmp_path), "search")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "unrealnas", "status", str(tmp_path / "runs")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line is written, as after `| head -0`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

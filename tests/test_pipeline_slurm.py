@@ -22,9 +22,9 @@ from unrealnas.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slurm
 
-# CPU-only node, one core per task; the test node advertises more slots than cores.
-SLURM = ["launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.time_min=15",
-         "launcher.array_parallelism=8"]
+# CPU-only node, one core per task; the test node advertises more slots than cores. No
+# launcher.gpus_per_node here: +experiment=smoke itself asks for no GPU (the node has none).
+SLURM = ["launcher=slurm", "launcher.cpus_per_task=1", "launcher.time_min=15", "launcher.array_parallelism=8"]
 TIMEOUT_S = 600
 
 

@@ -215,3 +215,16 @@ def test_plot_without_data_says_what_is_missing(tmp_path, capsys):
     (tmp_path / "runs").mkdir()
     assert cmd_plot([str(tmp_path / "runs")]) == 1
     assert "skipped skip connections vs epoch (Fig. 5)" in capsys.readouterr().err
+
+
+def test_search_cost_column_has_one_unit_in_its_header():
+    from unrealnas.results.tables import Table, _cost_text, cost_header
+
+    a, b = ("darts", "rlrn", "random", 10), ("darts", "rlgd", "random", 10)
+    cpu = Table([], {a: (0.5, "CPU-hours"), b: (2.0, "CPU-hours")}, [], [], [])
+    assert cost_header(cpu) == "Search cost (CPU-hours)" and _cost_text(cpu, a) == "0.5"
+    gpu = Table([], {a: (1.5, "GPU-days")}, [], [], [])
+    assert cost_header(gpu) == "Search cost (GPU-days)" and _cost_text(gpu, a) == "1.5"
+    mixed = Table([], {a: (0.5, "CPU-hours"), b: (1.0, "GPU-days")}, [], [], [])
+    assert cost_header(mixed) == "Search cost (hours)"
+    assert (_cost_text(mixed, a), _cost_text(mixed, b)) == ("0.5 (CPU)", "24 (GPU)")

@@ -39,13 +39,39 @@ def _usage() -> str:
     lines = ["usage: unrealnas <verb> [args] [key=value overrides...]", "", "verbs:"]
     lines += [f"  {v:<12} {h}" for v, (_, _, h) in VERBS.items()]
     lines += ["", "examples:", "  unrealnas generate data=rlgd data.num_classes=5000 seed=0",
-              "  unrealnas search search=darts data=rlrn seed=3 preset=smoke"]
+              "  unrealnas search search=darts data=rlrn seed=3 preset=smoke",
+              "  unrealnas search -m search=darts,sgas_c2 seed=range(3) preset=smoke launcher=local",
+              "", "-m/--multirun: one task per combination of the sweeps (Hydra's syntax: a,b  range(n)",
+              "  glob(*)  choice(a,b)), submitted as ONE job array (launcher=slurm) or run here",
+              "  (launcher=local launcher.local_workers=N); --dry-run lists the tasks"]
     return "\n".join(lines)
 
 
 def _resolve(verb: str) -> Callable[[list[str]], int]:
     module, func, _ = VERBS[verb]
     return getattr(importlib.import_module(module), func)
+
+
+def _verb_help(verb: str) -> str:
+    from unrealnas.multirun import NO_MULTIRUN, VERB_KEYS
+    from unrealnas.verb_help import verb_help
+
+    module, func, summary = VERBS[verb]
+    # The verb function's docstring without importing its module (and torch) just for help.
+    doc = getattr(importlib.import_module(module), func).__doc__ if module == "unrealnas.commands" else None
+    return verb_help(verb, summary, doc, VERB_KEYS.get(verb), multirun=verb not in NO_MULTIRUN)
+
+
+def _refuse_sweeps(args: list[str]) -> None:
+    """Without -m, sweep syntax (``seed=0,1``, ``range(3)``) is a mistake: say how to run it."""
+    overrides = [a for a in args if "=" in a or a.startswith(("~", "+"))]
+    if not overrides:
+        return
+    from unrealnas.config.sweep import sweep_keys
+
+    keys = sweep_keys(overrides)
+    if keys:
+        raise UserError(f"{keys[0]} is a sweep; add -m (--multirun) to run one task per combination")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     from unrealnas.lock import AlreadyRunning
 
     try:
+        from unrealnas.observe import log_level_of, set_log_level
+
+        set_log_level(log_level_of(args) or "INFO")
+        if any(a in ("-h", "--help") for a in args):
+            print(_verb_help(verb))
+            return 0
+        if any(a in ("-m", "--multirun") for a in args):
+            from unrealnas.multirun import run_multirun
+
+            module, func, _ = VERBS[verb]
+            return int(run_multirun(verb, f"{module}:{func}", args) or 0)
+        _refuse_sweeps(args)
         rc = _resolve(verb)(args)
         return int(rc or 0)
     except AlreadyRunning as e:  # not a failure: another process is doing this very work
@@ -71,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (`unrealnas status | head`): stop quietly, as a shell tool does.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141  # 128 + SIGPIPE
     except OSError as e:  # disk full, quota, permissions, a file where a folder should be, ...
         if os.environ.get("UNREALNAS_DEBUG"):
             raise

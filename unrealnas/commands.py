@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,9 @@ def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def cmd_config(args: list[str]) -> int:

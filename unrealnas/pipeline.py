@@ -24,7 +24,6 @@ import copy
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,9 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_./+:@-]+$")
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def quote_override(value: str | Path) -> str:
@@ -398,6 +399,10 @@ def submit_stages(stages: Sequence[Stage],
 
     ``before(stage, jobs so far)`` runs just before a stage is submitted (e.g. to mark a report stale).
     """
+    from unrealnas.launch.gres import check_gpu_requests
+
+    # Every array's GPU request first: a stage that cannot fit must not leave earlier ones queued.
+    check_gpu_requests([(s.name, s.launcher) for s in stages if s.tasks])
     jobs: dict[str, list[Any]] = {}
     for stage in stages:
         if before is not None:

@@ -31,7 +31,7 @@ def plot_difficulty(rows: list[dict[str, Any]], stem: Path, formats: Sequence[st
         e = r["convergence_epoch"]
         if e is not None:
             ax.plot([e], [r["curve"][e - 1]], "o", color=color, ms=5)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (count)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training accuracy (%)")
     ax.grid(alpha=0.3)
@@ -58,11 +58,11 @@ def plot_best_vs_worst(per_dataset: list[dict[str, Any]], probe_epoch: int, stem
         tau = d["tau"]
         ax.set_title(f"{d['dataset']}: tau={tau:.2f}" if tau is not None and not math.isnan(tau) else d["dataset"],
                      fontsize=9)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (count)")
+        ax.set_ylabel("training accuracy (%)")  # every panel: they may be read (or cropped) alone
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0].set_ylabel("training accuracy (%)")
     fig.suptitle("Distinguishability: best vs worst architecture of the real task (Fig. 1b-d)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, stem, formats)
@@ -82,8 +82,9 @@ def plot_rank_scatter(per_dataset: list[dict[str, Any]], target: str, probe_epoc
         tau, p = d["tau"], d["p_value"]
         title = d["dataset"] if tau is None or math.isnan(tau) else f"{d['dataset']}: tau={tau:.2f} (p={p:.2g})"
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel(f"{target} score")
+        unit = "mean AUROC (%)" if target == "chexpert" else "top-1 accuracy (%)"
+        ax.set_xlabel(f"{target} score: {unit}")
+        ax.set_ylabel(f"training accuracy at epoch {probe_epoch} (%)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"training accuracy at epoch {probe_epoch} (%)")
     fig.tight_layout()
     return save_figure(fig, stem, formats)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ RESULT_FILE = "result.json"
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def _fmt(v: Any, digits: int = 2) -> str:

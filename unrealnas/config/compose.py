@@ -14,12 +14,20 @@ SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
 SPLITS = ("same_flipped", "other_half")
 
 
+def package_dir(name: str) -> Path:
+    """A folder shipped inside the package (``conf``, ``slurm``): a checkout's symlink or a wheel's copy."""
+    from importlib.resources import files
+
+    return Path(str(files("unrealnas") / name))
+
+
 def conf_dir() -> Path:
-    """The ``conf/`` folder: $UNREALNAS_CONF, else the one beside the package."""
+    """The ``conf/`` folder: $UNREALNAS_CONF, else the one shipped in the package."""
     env = os.environ.get("UNREALNAS_CONF")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / "conf"
+    path = Path(env) if env else package_dir("conf")
     if not (path / "config.yaml").is_file():
-        raise ConfigError(f"config folder {path} has no config.yaml; set UNREALNAS_CONF to the repo's conf/ folder")
+        fix = "point UNREALNAS_CONF at a folder with config.yaml" if env else "reinstall unrealnas (its conf/ is missing)"
+        raise ConfigError(f"config folder {path} has no config.yaml; {fix}")
     return path
 
 
@@ -31,7 +39,9 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool =
     from omegaconf.errors import OmegaConfBaseException
 
     from unrealnas.config.schema import register_schemas
+    from unrealnas.config.sweep import refuse_hydra_overrides
 
+    refuse_hydra_overrides(overrides)
     register_schemas()
     GlobalHydra.instance().clear()
     try:
@@ -124,6 +134,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")
     _check(cfg.format in ("text", "json"), "format", cfg.format, "choose text or json")
+    _check(str(cfg.log_level).upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", cfg.log_level,
+           "choose DEBUG, INFO, WARNING or ERROR")
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "choose auto, cpu, cuda or cuda:N")
 

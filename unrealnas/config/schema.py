@@ -149,6 +149,13 @@ class LauncherConfig:
     array_parallelism: int = 64
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
     folder: str = "${paths.runs}/slurm"
+    max_num_timeout: int = 30  # requeues after hitting the time limit (submitit's default 3; dinov2 30); preemption: unlimited
+    signal_delay_s: int = 120  # USR2 this many seconds before the time limit, so the job checkpoints and requeues
+    constraint: Optional[str] = None  # sbatch --constraint (node features, e.g. volta32gb)
+    exclude: Optional[str] = None  # sbatch --exclude (nodes to avoid, e.g. node[01-03])
+    comment: Optional[str] = None  # sbatch --comment
+    mail_type: Optional[str] = None  # sbatch --mail-type (e.g. END,FAIL)
+    mail_user: Optional[str] = None  # sbatch --mail-user
     extra: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_additional_parameters
 
 
@@ -183,6 +190,7 @@ class Config:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: str = "text"  # output format of inspection commands: text | json
+    log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR: timestamped progress lines on stderr
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=<name> (conf/experiment/); read by `pipeline`
 

@@ -23,7 +23,8 @@ def _require_ffcv():
     try:
         import ffcv  # noqa: F401
     except ImportError as e:
-        raise DataError("FFCV is not installed; run tools/setup.sh (installs the ffcv extra and its apt packages)") from e
+        raise DataError("FFCV is not installed: install the ffcv extra (pip install 'unrealnas[ffcv]', or tools/setup.sh "
+                        "without UNREALNAS_SKIP_APT), or use the torch loader") from e
 
 
 class _ShardRows:

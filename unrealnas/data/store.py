@@ -22,6 +22,7 @@ from unrealnas import __version__
 from unrealnas.errors import DataError
 from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 from unrealnas.lock import folder_lock
+from unrealnas.observe import bar
 
 MANIFEST = "manifest.json"
 PROGRESS = ".progress.json"
@@ -96,7 +97,8 @@ def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
     split_entries: dict[str, Any] = {}
     for plan in splits:
         shards = []
-        for index, (start, stop) in enumerate(shard_ranges(plan.num_images, shard_size)):
+        ranges = shard_ranges(plan.num_images, shard_size)
+        for index, (start, stop) in enumerate(bar(ranges, len(ranges), desc=f"{plan.name} shards", unit="shard")):
             path = folder / shard_name(plan.name, index)
             entry = done.get(path.name)
             if entry and entry.get("start") == start and entry.get("stop") == stop and _shard_ok(path, entry):

@@ -26,7 +26,6 @@ from unrealnas.launch.submit import (
 )
 from unrealnas.launch.task import (
     Task,
-    expand_sweep,
     is_complete,
     planned_run_dir,
     read_result,
@@ -44,7 +43,6 @@ __all__ = [
     "check_slurm",
     "cmd_status",
     "dependency_of",
-    "expand_sweep",
     "format_status",
     "is_complete",
     "pending_tasks",

@@ -3,20 +3,26 @@
 One ``tasks.json`` per array (SLURM) or local batch, beside its logs:
 ``<launcher.folder>/<name>/<array job id | local-...>/tasks.json``. It lists, per task, the verb,
 overrides, run directory, stage, group, job id and log paths. Written atomically.
+
+Paths inside the runs folder (the launcher folder's parent, ``paths.runs`` by default) are stored
+relative to the record's own folder, so that a runs folder that is moved or copied still points
+at its own runs and logs; :func:`read_records` gives them back absolute.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from unrealnas.io import write_json_atomic
 
 RECORD_FILE = "tasks.json"
-RECORD_VERSION = 1
 OUTCOME_SUFFIX = "_outcome.json"
 OUTCOMES = ("completed", "failed", "running_elsewhere")
+RECORD_VERSION = 2  # 2: paths inside the runs folder are relative to the record's folder
+PATH_KEYS = ("run_dir", "stdout", "stderr", "outcome")
 
 
 def task_entry(index: int, task: Any, job_id: str, stdout: Path | None, stderr: Path | None,
@@ -44,7 +50,6 @@ def outcome_path(folder: str | Path, job_id: str) -> Path:
 
 def write_outcome(path: str | Path, state: str, error: str = "") -> None:
     """Record how a task ended: ``completed``, ``failed`` (with one line) or ``running_elsewhere``."""
-    import os
     import socket
     import time
 
@@ -65,10 +70,24 @@ def read_outcome(path: str | Path | None) -> tuple[str, str] | None:
     return str(data["state"]), str(data.get("error") or "")
 
 
+def _relative(value: str | None, folder: Path, root: Path) -> str | None:
+    """``value`` relative to ``folder`` when it lies inside ``root``, else as given."""
+    if not value:
+        return value
+    path = Path(os.path.abspath(value))
+    if not path.is_relative_to(root):
+        return value
+    return os.path.relpath(path, folder)
+
+
 def write_record(folder: Path, record: dict[str, Any]) -> Path:
     """Write ``record`` as ``folder/tasks.json`` (atomically) and return the path."""
-    record = {"version": RECORD_VERSION, **record}
-    path = Path(folder) / RECORD_FILE
+    folder = Path(os.path.abspath(folder))
+    root = folder.parents[2] if len(folder.parents) > 2 else folder  # <runs>/<slurm>/<name>/<batch>
+    tasks = [{**e, **{k: _relative(e.get(k), folder, root) for k in PATH_KEYS if k in e}}
+             for e in record.get("tasks", [])]
+    record = {"version": RECORD_VERSION, **record, "tasks": tasks}
+    path = folder / RECORD_FILE
     write_json_atomic(path, record)
     return path
 
@@ -89,6 +108,11 @@ def read_records(launcher_folder: Path) -> tuple[list[dict[str, Any]], list[str]
             warnings.append(f"skipped {path}: {e}")
             continue
         data["_path"] = str(path)
+        for entry in data["tasks"]:
+            for key in PATH_KEYS:
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if value and not os.path.isabs(value):
+                    entry[key] = os.path.normpath(path.parent / value)
         records.append(data)
     records.sort(key=lambda r: float(r.get("submitted_at", 0.0)))
     return records, warnings

@@ -311,11 +311,18 @@ def cmd_status(args: list[str]) -> int:
     """``unrealnas status [runs dir] [launcher.folder=...] [format=text|json]``; exit 1 if a task failed."""
     from unrealnas.errors import UserError
 
+    args = list(args)
+    if "--format" in args:  # `--format json` as `table` takes it, beside format=json
+        at = args.index("--format")
+        if at + 1 >= len(args):
+            raise UserError("status: --format needs a value: text or json")
+        args[at:at + 2] = [f"format={args[at + 1]}"]
+    args = [a[2:] if a.startswith("--format=") else a for a in args]
     positional = [a for a in args if "=" not in a]
     options = dict(a.split("=", 1) for a in args if "=" in a)
     unknown = sorted(set(options) - {"launcher.folder", "format", "paths.runs"})
     if len(positional) > 1 or unknown:
-        raise UserError("usage: unrealnas status [runs dir] [launcher.folder=<dir>] [format=text|json]")
+        raise UserError("usage: unrealnas status [runs dir] [launcher.folder=<dir>] [format=text|json | --format json]")
     runs_dir = Path(positional[0] if positional else options.get("paths.runs", "./runs"))
     if not runs_dir.is_dir():
         raise UserError(f"runs folder {runs_dir} does not exist")

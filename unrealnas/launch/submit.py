@@ -25,12 +25,15 @@ from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch.records import outcome_path, task_entry, write_record
 from unrealnas.launch.task import Task, run_task
 from unrealnas.lock import AlreadyRunning
+from unrealnas.observe import bar, counter
 
 DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 # ---- jobs and dependencies -------------------------------------------------------------------
@@ -172,13 +175,29 @@ def slurm_parameters(launcher_cfg: Any, name: str, dependency: str | None = None
     mem_gb = _get(launcher_cfg, "mem_gb")
     if mem_gb:
         params["mem_gb"] = mem_gb
-    for key in ("partition", "account", "qos"):
+    params["slurm_signal_delay_s"] = int(_get(launcher_cfg, "signal_delay_s", 120))
+    for key in ("partition", "account", "qos", "constraint", "exclude", "comment", "mail_type", "mail_user"):
         value = _get(launcher_cfg, key)
         if value:
             params[f"slurm_{key}"] = str(value)
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
+
+
+def make_executor(launcher_cfg: Any, folder: Path, name: str, dependency: str | None = None) -> Any:
+    """A submitit AutoExecutor for SLURM with the launcher's parameters (nothing is submitted)."""
+    import submitit
+
+    # Time-limit requeues are capped by max_num_timeout; submitit requeues a preempted job (signal
+    # before the limit) without counting it, and TaskRunner.checkpoint resumes from disk either way.
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                     slurm_max_num_timeout=int(_get(launcher_cfg, "max_num_timeout", 30)))
+    try:
+        executor.update_parameters(**slurm_parameters(launcher_cfg, name, dependency))
+    except ValueError as e:
+        raise ConfigError(f"launcher: {str(e).splitlines()[0]}") from e
+    return executor
 
 
 def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: str | None) -> list[Any]:
@@ -190,11 +209,7 @@ def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: s
     base = Path(str(_get(launcher_cfg, "folder", "runs/slurm"))).expanduser().absolute() / name
     base.mkdir(parents=True, exist_ok=True)
     # One folder per array: <folder>/<name>/<array id>/ holds its logs, pickles and tasks.json.
-    executor = submitit.AutoExecutor(folder=base / "%A", cluster="slurm")
-    try:
-        executor.update_parameters(**slurm_parameters(launcher_cfg, name, dependency))
-    except ValueError as e:
-        raise ConfigError(f"launcher: {str(e).splitlines()[0]}") from e
+    executor = make_executor(launcher_cfg, base / "%A", name, dependency)
     try:
         with executor.batch():
             jobs = [executor.submit(TaskRunner(task)) for task in tasks]
@@ -286,7 +301,7 @@ def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
         _run_local_parallel(jobs, name, folder, workers, record)
         return jobs
     _say(f"{name}: running {len(jobs)} task(s) here, one after another; logs in {folder}")
-    for i, job in enumerate(jobs):
+    for i, job in enumerate(bar(jobs, len(jobs), desc=name, unit="task")):
         job.state = "RUNNING"
         record()
         with _tee_output(job.log_path):
@@ -342,6 +357,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
                                    max_tasks_per_child=1)
 
     pool = new_pool()
+    tasks_bar = counter(len(jobs), desc=name, unit="task")
     running: dict[Any, LocalJob] = {}
     queue = list(jobs)
     done_count = 0
@@ -367,6 +383,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
                     if isinstance(exc, BrokenProcessPool):  # a worker was killed: the pool cannot take more
                         pool.shutdown(wait=False)
                         pool = new_pool()
+                tasks_bar.update()
                 _say(f"[{name} {done_count}/{len(jobs)} {job.state.lower()}] {job.task.describe()}"
                      + (f": {job.error} (log: {job.log_path})" if job.error else ""))
     except KeyboardInterrupt:
@@ -376,6 +393,7 @@ def _run_local_parallel(jobs: list[LocalJob], name: str, folder: Path, workers: 
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+    tasks_bar.close()
     record()
 
 
@@ -439,6 +457,9 @@ def submit_array(tasks: Sequence[Task], launcher_cfg: Any, name: str,
                               "pass the earlier stage's jobs instead")
         return _submit_local(todo, launcher_cfg, name, dependency)
     if kind == "slurm":
+        from unrealnas.launch.gres import check_gpu_requests
+
+        check_gpu_requests([(name, launcher_cfg)])
         _validate_config(todo)
         dep = dependency.sbatch() if isinstance(dependency, Dependency) else dependency
         return _submit_slurm(todo, launcher_cfg, name, dep)

@@ -1,4 +1,4 @@
-"""A task = one CLI verb with its Hydra overrides, and the run directory it will produce.
+"""A task = a stage (or a ``module:function``) with its Hydra overrides, and the run directory it produces.
 
 This module never imports torch or submitit at import time: the submitting process builds and
 filters tasks cheaply, and the stage code is imported only inside :func:`run_task`, in the job.
@@ -7,9 +7,7 @@ filters tasks cheaply, and the stage code is imported only inside :func:`run_tas
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +64,11 @@ def is_complete(run_dir: str | Path | None) -> bool:
 class Task:
     """One unit of work: ``unrealnas <verb> <overrides...>`` producing ``run_dir``.
 
-    ``verb`` is a CLI verb (``search``, ``retrain``, ``generate``, ...) or ``package.module:function``
-    (a function taking the override list; for plugins and tests). ``run_dir`` (optional) is where
-    the task leaves its result: a task whose run_dir is complete is skipped at submission and in
-    the job. ``group`` labels the sweep cell for ``status`` (e.g. ``darts/rlrn/random/c10``).
+    ``verb`` is a resumable stage (``generate``, ``search``, ``retrain``) or ``package.module:function``
+    (a function taking the argument list: a CLI verb's function handed over by the caller, a plugin,
+    a test); a function that returns a non-zero int fails the task, as an exit status would.
+    ``run_dir`` (optional) is where the task leaves its result: a task whose run_dir is complete is
+    skipped at submission and in the job. ``group`` labels the sweep cell for ``status`` (e.g. ``darts/rlrn/random/c10``).
     """
 
     verb: str
@@ -96,8 +95,8 @@ class Task:
         return [self.verb, *self.overrides]
 
     def describe(self) -> str:
-        """One line for logs: ``unrealnas <verb> <overrides>``."""
-        return "unrealnas " + " ".join(self.argv())
+        """One line for logs: ``unrealnas <verb> <overrides>`` (or ``module:function <overrides>``)."""
+        return ("" if ":" in self.verb else "unrealnas ") + " ".join(self.argv())
 
 
 def _import_callable(spec: str) -> Callable[[list[str]], Any]:
@@ -113,12 +112,18 @@ def _import_callable(spec: str) -> Callable[[list[str]], Any]:
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path | None:
     """Run (or resume, or skip when complete) one task in this process; return its run directory."""
     say = progress or _say
+    from unrealnas.observe import log_level_of, set_log_level
+
+    if log_level_of(task.overrides):  # in a job there is no CLI to set it
+        set_log_level(log_level_of(task.overrides))
     if task.is_complete():
         say(f"{task.run_dir} already complete; nothing to do")
         return task.run_dir
@@ -126,6 +131,9 @@ def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path 
     overrides = list(task.overrides)
     if ":" in task.verb:
         out = _import_callable(task.verb)(overrides)
+        # A CLI-style verb function returns its exit status: non-zero must mark the job failed.
+        if isinstance(out, int) and not isinstance(out, bool) and out != 0:
+            raise RuntimeError(f"{task.describe()} exited with status {out}")
         return Path(out) if isinstance(out, (str, Path)) else task.run_dir
     if task.verb in STAGE_RUNNERS:
         from unrealnas.config import compose_config
@@ -136,16 +144,9 @@ def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path 
         module, func = STAGE_RUNNERS[task.verb]
         runner = getattr(importlib.import_module(module), func)
         return Path(runner(compose_config(overrides), progress=say))
-    from unrealnas.cli import VERBS
-
-    if task.verb not in VERBS:
-        raise UserError(f"unknown verb {task.verb!r}; choose one of: {', '.join(VERBS)} (or module:function)")
-    module, func, _ = VERBS[task.verb]
-    # The verb function itself, not cli.main: errors must raise so that the job is marked failed.
-    rc = getattr(importlib.import_module(module), func)(overrides)
-    if rc:
-        raise RuntimeError(f"{task.describe()} exited with status {rc}")
-    return task.run_dir
+    # The caller names what to run; this layer does not know the command line's verb table.
+    raise UserError(f"task verb {task.verb!r} is neither a stage ({', '.join(STAGE_RUNNERS)}) "
+                    "nor package.module:function")
 
 
 def planned_run_dir(verb: str, overrides: Sequence[str]) -> Path | None:
@@ -156,7 +157,11 @@ def planned_run_dir(verb: str, overrides: Sequence[str]) -> Path | None:
     """
     from unrealnas.config import compose_config
 
-    cfg = compose_config(list(overrides))
+    return run_dir_of(verb, compose_config(list(overrides)))
+
+
+def run_dir_of(verb: str, cfg: Any) -> Path | None:
+    """:func:`planned_run_dir` from an already composed config."""
     try:
         if verb == "generate":
             from unrealnas.data.generators import dataset_dir
@@ -176,25 +181,6 @@ def planned_run_dir(verb: str, overrides: Sequence[str]) -> Path | None:
     except (ImportError, AttributeError, UserError):
         return None
     return None
-
-
-def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
-    """Expand Hydra sweep syntax (``seed=0,1,2 data.num_classes=10,100``, ``range(5)``) into runs."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    try:
-        parsed = OverridesParser.create().parse_overrides(list(overrides))
-    except HydraException as e:
-        raise UserError(f"bad override in {' '.join(overrides)}: {str(e).splitlines()[0]}") from e
-    axes: list[list[str]] = []
-    for item in parsed:
-        if item.is_sweep_override():
-            key = item.get_key_element()
-            axes.append([f"{key}={value}" for value in item.sweep_string_iterator()])
-        else:
-            axes.append([item.input_line])
-    return [list(combo) for combo in itertools.product(*axes)]
 
 
 def write_task_file(tasks: Sequence[Task], path: str | Path) -> int:

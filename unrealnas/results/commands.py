@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from unrealnas.errors import UserError
@@ -14,7 +13,9 @@ PLOT_USAGE = "usage: unrealnas plot [runs dir] [out=<dir>] [formats=png,pdf] [ce
 
 
 def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from unrealnas.observe import say  # timestamped, on the unrealnas logger
+
+    say(msg)
 
 
 def _parse(args: list[str], allowed: set[str], usage: str) -> tuple[Path, dict[str, str]]:

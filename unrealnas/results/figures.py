@@ -13,9 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from unrealnas.io import atomic_path, read_jsonl
@@ -40,6 +42,30 @@ def _label(cell: Cell) -> str:
     return f"{method} {data}{tail}"
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def seed_marker(seed: int | None) -> str:
+    """The marker that tells a seed apart in every figure (the same seed, the same marker)."""
+    return MARKERS[(seed or 0) % len(MARKERS)]
+
+
+def offsets(n: int, step: float) -> list[float]:
+    """``n`` offsets centred on 0, ``step`` apart: overlapping series are shifted so each stays visible."""
+    return [(i - (n - 1) / 2) * step for i in range(n)]
+
+
+def _seed_legend(ax: Any, seeds: Sequence[int | None], loc: str = "lower right") -> None:
+    """A second legend on ``ax``: one black marker per seed (the colours are the first legend's)."""
+    handles = [Line2D([], [], color="0.2", marker=seed_marker(s), ls="none", ms=5, label=f"seed {s}")
+               for s in sorted({s for s in seeds if s is not None})]
+    if handles:
+        first = ax.get_legend()
+        ax.legend(handles=handles, fontsize=6, loc=loc, title="markers", title_fontsize=6)
+        if first is not None:
+            ax.add_artist(first)
+
+
 def save_figure(fig: Figure, stem: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write ``fig`` as ``stem.<fmt>`` for each format, each atomically (temp file + rename)."""
     FigureCanvasAgg(fig)  # the Agg canvas renders PNG and hands PDF to its own backend
@@ -60,32 +86,41 @@ def _run_dirs(runs_dir: Path, stage: str) -> list[Path]:
 def plot_skip_connections(collection: Collection, runs_dir: Path, stem: Path,
                           formats: Sequence[str] = FORMATS) -> list[Path]:
     """Fig. 5: skip_connect count of the derived normal cell vs search epoch; mean per cell, runs faint."""
-    cells = {r.run_dir.resolve(): r.cell for r in collection.runs if r.kind == "search"}
-    curves: dict[Cell, list[tuple[list[int], list[float]]]] = defaultdict(list)
+    info = {r.run_dir.resolve(): r for r in collection.runs if r.kind == "search"}
+    curves: dict[Cell, list[tuple[int | None, list[int], list[float]]]] = defaultdict(list)
     for run_dir in _run_dirs(runs_dir, "search"):
         rows = [r for r in read_jsonl(run_dir / METRICS_FILE) if "skip_normal" in r and "epoch" in r]
         if rows:
-            cell = cells.get(run_dir.resolve(), ("?", run_dir.name, "?", None))
-            curves[cell].append(([int(r["epoch"]) + 1 for r in rows], [float(r["skip_normal"]) for r in rows]))
+            r = info.get(run_dir.resolve())
+            cell = r.cell if r is not None else ("?", run_dir.name, "?", None)
+            seed = r.seed if r is not None else None
+            curves[cell].append((seed, [int(x["epoch"]) + 1 for x in rows], [float(x["skip_normal"]) for x in rows]))
     if not curves:
         return []
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
-    for i, (cell, runs) in enumerate(sorted(curves.items(), key=lambda kv: str(kv[0]))):
+    cells = sorted(curves.items(), key=lambda kv: str(kv[0]))
+    # Counts are integers: the cells would lie on top of each other, so each is shifted a little.
+    shift = offsets(len(cells), 0.12 if len(cells) > 1 else 0.0)
+    for i, (cell, runs) in enumerate(cells):
         color = f"C{i % 10}"
-        for x, y in runs:
-            ax.plot(x, y, color=color, alpha=0.25, lw=0.8)
+        for seed, x, y in runs:
+            ax.plot(x, [v + shift[i] for v in y], color=color, alpha=0.35, lw=0.8, marker=seed_marker(seed), ms=3)
         # Mean over the repeats at each epoch that every run reached.
-        length = min(len(x) for x, _ in runs)
-        xs = runs[0][0][:length]
-        mean = [sum(y[k] for _, y in runs) / len(runs) for k in range(length)]
-        ax.plot(xs, mean, color=color, lw=2, label=f"{_label(cell)} (n={len(runs)})")
-    ax.set_xlabel("search epoch")
+        length = min(len(x) for _, x, _ in runs)
+        xs = runs[0][1][:length]
+        mean = [sum(y[k] for _, _, y in runs) / len(runs) + shift[i] for k in range(length)]
+        ax.plot(xs, mean, color=color, lw=2, label=f"{_label(cell)} (mean of n={len(runs)})")
+    ax.set_xlabel("search epoch (count, warm-up included)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("skip connections in the normal cell")
-    ax.set_ylim(-0.2, 8.2)
+    ax.set_ylabel("skip connections in the normal cell (count of 8 edges)")
+    ax.set_ylim(-0.5, 8.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left")
+    _seed_legend(ax, [seed for _, runs in cells for seed, _, _ in runs], loc="upper right")
+    if len(cells) > 1:
+        ax.text(0.99, 0.01, f"series offset by up to +-{abs(shift[0]):.2f} so equal counts stay visible",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.4")
     ax.set_title("Skip connections during the search (Fig. 5)")
     fig.tight_layout()
     return save_figure(fig, stem, formats)
@@ -107,65 +142,86 @@ def plot_accuracy_vs_classes(collection: Collection, stem: Path, formats: Sequen
             controls[(r.method, target)].append(value)
     if not points:
         return []
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.4))
     ax = fig.subplots()
+    # Series share their class counts: each is shifted sideways by a few percent on the log axis.
+    shift = offsets(len(points), 0.02 if len(points) > 1 else 0.0)
     for i, (key, by_classes) in enumerate(sorted(points.items())):
         xs = sorted(by_classes)
         stats = [summarize(by_classes[x], "acc") for x in xs]
         ys = [s[1] for s in stats]
         errs = [0.0 if s[2] is None else s[2] for s in stats]
         method, data, target = key
-        ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3, color=f"C{i % 10}",
-                    label=f"{method} {data} -> {TARGET_NAMES.get(target, target)}")
+        ax.errorbar([x * 10 ** shift[i] for x in xs], ys, yerr=errs, marker=MARKERS[i % len(MARKERS)], capsize=3,
+                    color=f"C{i % 10}", label=f"{method} {data} -> {TARGET_NAMES.get(target, target)}")
     for j, ((method, target), values) in enumerate(sorted(controls.items())):
         mean = sum(values) / len(values)
         ax.axhline(mean, ls="--", color=f"C{(len(points) + j) % 10}",
                    label=f"{method} real data, true labels -> {TARGET_NAMES.get(target, target)}")
     ax.set_xscale("log")
-    ax.set_xlabel("number of random classes in the search data")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlabel("random classes in the search data (count, log scale)")
+    ax.set_ylabel("test accuracy (%), mean +- sample std")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+    if len(points) > 1:
+        pct = (10 ** abs(shift[0]) - 1) * 100
+        ax.text(0.99, 0.01, f"series shifted sideways by up to {pct:.0f}% so error bars stay visible",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="0.4")
     ax.set_title("Accuracy vs number of classes (Fig. 6)")
     fig.tight_layout()
     return save_figure(fig, stem, formats)
+
+
+def _metric_axis_label(metric: str) -> str:
+    return {"top1_err": "test top-1 error (%)", "top5_err": "test top-5 error (%)", "auroc": "test mean AUROC (%)",
+            "val_acc": "validation accuracy (%)"}.get(metric, f"test {metric}")
 
 
 def plot_learning_curves(collection: Collection, runs_dir: Path, stem: Path,
                          formats: Sequence[str] = FORMATS) -> list[Path]:
     """Fig. 1: per retrain target, training loss and test error (or AUROC) vs epoch; one line per run."""
     info = {r.run_dir.resolve(): r for r in collection.runs if r.kind == "train"}
-    by_target: dict[str, list[tuple[Cell, list[dict]]]] = defaultdict(list)
+    by_target: dict[str, list[tuple[Cell, int | None, list[dict]]]] = defaultdict(list)
     for run_dir in _run_dirs(runs_dir, "train"):
         rows = [r for r in read_jsonl(run_dir / METRICS_FILE) if "epoch" in r]
         r = info.get(run_dir.resolve())
         if rows and r is not None:
-            by_target[str(r.target)].append((r.cell, rows))
+            by_target[str(r.target)].append((r.cell, r.seed, rows))
     if not by_target:
         return []
     targets = sorted(by_target)
-    fig = Figure(figsize=(9.0, 3.4 * len(targets)))
+    fig = Figure(figsize=(10.0, 3.8 * len(targets)))
     axes = fig.subplots(len(targets), 2, squeeze=False)
     for row_axes, target in zip(axes, targets, strict=True):
         metric = PAPER_METRICS.get(target.removesuffix("_pt"), ("top1_err",))[0]
         colors: dict[Cell, str] = {}
-        for cell, rows in by_target[target]:
-            label = None if cell in colors else _label(cell)  # one legend entry per cell, not per run
+        order = list(dict.fromkeys(cell for cell, _, _ in by_target[target]))
+        # Cells that learn alike would hide each other: each is dodged sideways by a few hundredths of an epoch.
+        dodge = dict(zip(order, offsets(len(order), 0.05), strict=True))
+        for cell, seed, rows in by_target[target]:
             color = colors.setdefault(cell, f"C{len(colors) % 10}")
-            loss = [(r["epoch"], r["train_loss"]) for r in rows if _finite(r.get("train_loss"))]
-            test = [(r["epoch"], r[metric]) for r in rows if _finite(r.get(metric))]
+            style = {"color": color, "lw": 1, "marker": seed_marker(seed), "ms": 3}
+            dx = dodge[cell]
+            loss = [(r["epoch"] + dx, r["train_loss"]) for r in rows if _finite(r.get("train_loss"))]
+            test = [(r["epoch"] + dx, r[metric]) for r in rows if _finite(r.get(metric))]
             if loss:
-                row_axes[0].plot(*zip(*loss, strict=True), color=color, lw=1, label=label)
+                row_axes[0].plot(*zip(*loss, strict=True), **style)
             if test:
-                row_axes[1].plot(*zip(*test, strict=True), color=color, lw=1, marker=".", label=label)
+                row_axes[1].plot(*zip(*test, strict=True), **style)
         name = TARGET_NAMES.get(target, target)
         row_axes[0].set_title(f"{name}: training loss")
-        row_axes[1].set_title(f"{name}: test {metric}")
+        row_axes[1].set_title(f"{name}: {_metric_axis_label(metric).split(' (')[0]}")
+        row_axes[0].set_ylabel("training loss (cross-entropy, nats)")
+        row_axes[1].set_ylabel(_metric_axis_label(metric))
+        seeds = [seed for _, seed, _ in by_target[target]]
         for ax in row_axes:
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("retrain epoch (count)")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-        row_axes[0].legend(fontsize=7)
+            # One entry per cell (its colour, no marker); the markers are the seeds' legend.
+            ax.legend(handles=[Line2D([], [], color=c, lw=1.5, label=_label(cell)) for cell, c in colors.items()],
+                      fontsize=7, loc="upper right")
+            _seed_legend(ax, seeds, loc="lower left")
     fig.suptitle("Learning curves of the retrained cells (Fig. 1)")
     fig.tight_layout()
     return save_figure(fig, stem, formats)

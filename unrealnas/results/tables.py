@@ -288,11 +288,26 @@ def _params(pr: _PaperRow, columns: list[tuple[str, str]]) -> float | None:
     return None
 
 
+def cost_unit(table: Table) -> str:
+    """The one unit of the search-cost column: GPU-days, CPU-hours, or hours when devices are mixed."""
+    units = {unit for _, unit in table.cost.values()}
+    return units.pop() if len(units) == 1 else ("hours" if units else "GPU-days")
+
+
+def cost_header(table: Table) -> str:
+    """``Search cost (<unit>)``: the unit lives in the header, the cells hold plain numbers."""
+    return f"Search cost ({cost_unit(table)})"
+
+
 def _cost_text(table: Table, cell: Cell) -> str:
     if cell not in table.cost:
         return "-"
     value, unit = table.cost[cell]
-    return f"{value:.3g}" if unit == "GPU-days" else f"{value:.3g} CPU-h"
+    if cost_unit(table) != "hours":
+        return f"{value:.3g}"
+    # Mixed devices: every cell in hours, each naming the device it was measured on.
+    hours = value * 24.0 if unit == "GPU-days" else value
+    return f"{hours:.3g} ({'GPU' if unit == 'GPU-days' else 'CPU'})"
 
 
 def one_line(text: str, limit: int = 200) -> str:
@@ -312,7 +327,7 @@ def _footnotes(table: Table) -> list[str]:
 def render_markdown(table: Table) -> str:
     """The paper layout as a markdown table, with footnotes for flags and failures."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", "Search cost (GPU-days)",
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", cost_header(table),
             "Search data", "Search label", "Flags"]
     lines = [f"### {table.title}", ""] if table.title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
@@ -345,7 +360,7 @@ def latex_escape(text: str) -> str:
 def render_latex(table: Table) -> str:
     """The paper layout as a booktabs LaTeX table; failures and flags as footnotes below it."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", "Search cost (GPU-days)",
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", cost_header(table),
             "Search data", "Search label"]
     lines = [r"\begin{table}[t]", r"\centering"]
     if table.title:

@@ -34,8 +34,10 @@ from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_jso
 from unrealnas.lock import folder_lock
 from unrealnas.nas.darts import Architect
 from unrealnas.nas.genotype import Genotype, count_skips
+from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
+from unrealnas.observe import RunBoard, bar
 from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
 
 CHECKPOINT = "checkpoint.pt"
@@ -144,6 +146,7 @@ class SearchRun:
         self.epoch, self.batch = 0, 0
         self.meters = _zero_meters()
         self.hparams = {"weight_decay": wd, "arch_weight_decay": arch_wd, "split": self.split}
+        self.board: Any = None  # a RunBoard while run() advances the search
 
     # ------------------------------------------------------------------ checkpoint
 
@@ -190,12 +193,14 @@ class SearchRun:
         s = self.cfg.search
         fault_after = int(os.environ.get(FAULT_ENV, "0"))
         steps_done = 0
+        self.board = RunBoard(self.run_dir, first_step=self.epoch + 1)
         while self.epoch < self.total_epochs:
             epoch, warm = self.epoch, self.epoch < s.warmup_epochs
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=self.device)
             correct = torch.zeros((), device=self.device, dtype=torch.long)
-            for x, y in self.train_loader.epoch(epoch, self.batch):
+            for x, y in bar(self.train_loader.epoch(epoch, self.batch), len(self.train_loader), unit="step",
+                            desc=f"search epoch {epoch + 1}/{self.total_epochs}", initial=self.batch):
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 if not warm:
@@ -225,6 +230,7 @@ class SearchRun:
                     os.kill(os.getpid(), signal.SIGKILL)
             self._fold_meters(loss_sum, correct, t0)
             self._end_epoch(epoch)
+        self.board.close()
 
     def _fold_meters(self, loss_sum: torch.Tensor, correct: torch.Tensor, t0: float) -> None:
         if self.device.type == "cuda":
@@ -266,6 +272,9 @@ class SearchRun:
         # metrics first, then the checkpoint: a crash in between repeats this epoch, and resume
         # drops the rows of epochs the checkpoint has not reached (see _trim_metrics)
         append_jsonl(self.run_dir / "metrics.jsonl", row)
+        if self.board is not None:
+            self.board.scalars(epoch + 1, {k: v for k, v in row.items() if k != "epoch"}, "search/")
+            self.board.alphas(epoch + 1, row["alphas_softmax"], PRIMITIVES)
         self.epoch, self.batch, self.meters = epoch + 1, 0, _zero_meters()
         self.save()
         self.say(f"epoch {epoch + 1}/{self.total_epochs} train_acc {row['train_acc']:.2f} "

@@ -30,6 +30,7 @@ from unrealnas.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, se
 from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
+from unrealnas.observe import RunBoard, bar
 from unrealnas.train.metrics import auroc_metrics, topk_correct
 from unrealnas.train.target import Target, derive_seed
 
@@ -226,6 +227,7 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     metrics: dict[str, Any] = dict(resume.get("last_eval", {})) if resume is not None else {}
     ran = 0
+    board = RunBoard(run_dir, first_step=start + 1) if env.is_main else None
     for epoch in range(start, opts.epochs):
         if stop_after is not None and ran >= stop_after:
             return FitResult(epoch, metrics, history, wall_prev, False)
@@ -237,7 +239,10 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
         seen = 0
-        for x, y in target.train_batches(epoch):
+        batches = target.train_batches(epoch)
+        if env.is_main:
+            batches = bar(batches, target.steps_per_epoch(), desc=f"retrain epoch {epoch + 1}/{opts.epochs}", unit="step")
+        for x, y in batches:
             if opts.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss, logits = train_step(model, optimizer, x, y, opts, target.multilabel, scaler)
@@ -274,10 +279,13 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
                 "history": history, "last_eval": metrics, "wall_s": wall_prev,
             })
             append_jsonl(run_dir / METRICS_FILE, row)
+            board.scalars(epoch + 1, {k: v for k, v in row.items() if k != "epoch"}, "train/")
         dist.barrier()
         ran += 1
         shown = ", ".join(f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, float))
         say(f"epoch {epoch + 1}/{opts.epochs} loss {row['train_loss']:.4f} lr {lr:.4g} {shown} ({epoch_s:.1f}s)")
+    if board is not None:
+        board.close()
     return FitResult(opts.epochs, metrics, history, wall_prev, True)
 
 

@@ -1,0 +1,81 @@
+"""Hydra multirun sweeps: command-line overrides -> one override list per task.
+
+Hydra's own override grammar parses the command line (comma lists, ``range()``, ``choice()``,
+``glob()`` over a group's options), and the combinations follow Hydra's BasicSweeper: one axis
+per key (a later override of the same key replaces an earlier one), the cartesian product in
+command-line order. A fixed override keeps the user's exact text (BasicSweeper would rewrite
+``~key`` as ``~key=null``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+from unrealnas.errors import UserError
+
+
+def override_key(override: str) -> str:
+    """The key an override sets: ``+a.b=1`` -> ``a.b``, ``~a`` -> ``a``."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def refuse_hydra_overrides(overrides: Sequence[str]) -> None:
+    """UserError for ``hydra.*`` overrides: unrealnas composes its config without Hydra's app runner."""
+    for o in overrides:
+        key = override_key(o)
+        if key == "hydra" or key.startswith("hydra."):
+            raise UserError(f"{o!r}: hydra.* settings are not used here (no Hydra app runner: runs go to "
+                            "paths.runs, sweeps are -m, logs follow log_level); drop it")
+
+
+def _parser() -> Any:
+    """Hydra's override parser with a config loader over conf/, so that ``glob()`` sees the group options."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from unrealnas.config.compose import conf_dir
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir())))
+    return OverridesParser.create(config_loader=loader)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra ``Override`` objects of ``overrides``; a syntax error is one UserError line."""
+    from hydra.errors import HydraException
+
+    refuse_hydra_overrides(overrides)
+    try:
+        return _parser().parse_overrides(list(overrides))
+    except HydraException as e:
+        raise UserError(f"bad override in {' '.join(overrides)}: {str(e).strip().splitlines()[0]}") from e
+
+
+def sweep_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys that ``overrides`` sweep over (``seed=0,1`` -> ``seed``), in command-line order."""
+    return [override_key(o.get_key_element()) for o in parse_overrides(overrides) if o.is_sweep_override()]
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """One override list per combination of the sweeps in ``overrides`` (BasicSweeper's product)."""
+    from hydra.errors import HydraException
+
+    axes: dict[str, list[str]] = {}
+    for item in parse_overrides(overrides):
+        key = item.get_key_element()
+        if not item.is_sweep_override():
+            axes[key] = [item.input_line]
+            continue
+        if not item.is_discrete_sweep():
+            raise UserError(f"{item.input_line!r}: an interval sweep needs an optimizing sweeper; "
+                            "give the values as a list (a,b,c) or range(start,stop,step)")
+        try:
+            values = [f"{key}={v}" for v in item.sweep_string_iterator()]
+        except HydraException as e:
+            raise UserError(f"{item.input_line!r}: {str(e).strip().splitlines()[0]}") from e
+        if not values:
+            raise UserError(f"sweep {item.input_line!r} is empty; give at least one value")
+        axes[key] = values
+    return [list(combo) for combo in itertools.product(*axes.values())]
