@@ -102,7 +102,8 @@ def build_search_bench(s: DictConfig | SearchConfig, num_classes: int, in_channe
     channels_last = optimised and use_channels_last(device, s.channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=0.0,
+                                foreach=True)
     architect = Architect(model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=0.0,
                           unrolled=s.method == "darts2")
     forward = torch.compile(model) if variant == "compile" else model

@@ -131,7 +131,7 @@ class SearchRun:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=s.lr, momentum=s.momentum,
-                                         weight_decay=wd)
+                                         weight_decay=wd, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_epochs, eta_min=s.lr_min)
         self.architect = Architect(self.model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=arch_wd,
                                    unrolled=s.method == "darts2")
