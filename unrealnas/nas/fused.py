@@ -100,9 +100,23 @@ class BatchNormStats:
         factor = _unbiased_factor(self.counts, invstd)
         var = (invstd.pow(-2) - eps) * factor
         dtype = first.running_mean.dtype
-        torch._foreach_lerp_([m.running_mean for m in self.modules], list(mean.to(dtype).split(sizes)), momentum)
-        torch._foreach_lerp_([m.running_var for m in self.modules], list(var.to(dtype).split(sizes)), momentum)
-        torch._foreach_add_([m.num_batches_tracked for m in self.modules], 1)
+        means, vars_ = list(mean.to(dtype).split(sizes)), list(var.to(dtype).split(sizes))
+        rms, rvs = [m.running_mean for m in self.modules], [m.running_var for m in self.modules]
+        counters = [m.num_batches_tracked for m in self.modules]
+        if torch._C._functorch.is_batchedtensor(mean):
+            # under vmap (packed seeds: per-seed buffers) foreach ops have no batching rule
+            for r, t in zip(rms + rvs, means + vars_, strict=True):
+                r.mul_(1.0 - momentum).add_(t, alpha=momentum)  # lerp_ has no batching rule
+            for c in counters:
+                c.add_(1)
+            self._clear()
+            return
+        torch._foreach_lerp_(rms, means, momentum)
+        torch._foreach_lerp_(rvs, vars_, momentum)
+        torch._foreach_add_(counters, 1)
+        self._clear()
+
+    def _clear(self) -> None:
         self.modules, self.means, self.invstds, self.counts = [], [], [], []
 
 
