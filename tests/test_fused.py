@@ -208,3 +208,14 @@ def test_fused_first_order_iteration_on_paper_supernet_dispatches_at_most_6500_o
     search_iteration(b, device)  # lazy state (plans, index tensors, momentum buffers)
     counter = count_ops(lambda: search_iteration(b, device))
     assert counter.total <= 6_500, counter.counts.most_common(20)
+
+
+def test_config_key_selects_the_engine_and_keeps_the_run_id():
+    from unrealnas.errors import ConfigError
+    from unrealnas.search.run import search_run_id
+
+    assert compose_config([]).search.supernet == "fused"
+    with pytest.raises(ConfigError, match="search.supernet.*fused or per_edge"):
+        compose_config(["search.supernet=fast"])
+    # the engine is not part of the search's identity: old run directories resume with either
+    assert search_run_id(compose_config(["search.supernet=per_edge"])) == search_run_id(compose_config([]))

@@ -329,7 +329,7 @@ def _group_forward(cell: nn.Module, g: Group, k: int, x: torch.Tensor, weights: 
         z = torch.cat([z, x], 1)
     # weighted op sum and node sums in one batched matmul: (slots, rows) @ (rows, C*H*W) per image
     # (coef follows z: a float64 network gets fp32 alpha softmax weights, as the per-edge path promotes)
-    out = torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.view(N, coef.shape[1], -1))
+    out = torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.reshape(N, coef.shape[1], -1))
     return out.view(N, -1, C, *z.shape[-2:])
 
 

@@ -43,8 +43,8 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 def search_run_id(cfg: DictConfig) -> str:
     """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
     s = OmegaConf.to_container(cfg.search, resolve=True)
-    for k in ("checkpoint_every", "eval_every", "compile"):
-        s.pop(k, None)  # bookkeeping only: same search, same id
+    for k in ("checkpoint_every", "eval_every", "compile", "supernet"):
+        s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
@@ -125,7 +125,8 @@ class SearchRun:
         self.val = ValStream(val_loader)
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
         self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
-                              s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]))
+                              s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]),
+                              fused=s.supernet == "fused")
         self.model.to(self.device)
         self.channels_last = use_channels_last(self.device, s.channels_last)
         if self.channels_last:
