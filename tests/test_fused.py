@@ -16,8 +16,9 @@ from unrealnas.nas.supernet import SuperNet
 torch.set_num_threads(1)
 
 # SGAS state of a 4-node cell: decided edges (one op), pruned edges (0 = none), undecided (-1).
-# normal: node 1 has two decided edges (4 -> sep3, 3 -> skip), so its third edge (2) is pruned.
-DECIDED_NORMAL = [UNDECIDED, 5, 0, 3, 4, UNDECIDED, UNDECIDED, 1, UNDECIDED, UNDECIDED, 7, UNDECIDED, 2, 6]
+# normal: node 1 has two decided edges (4 -> sep3, 3 -> skip), so its third edge (2) is pruned;
+# every edge from the second cell input (1, 3, 6, 10) is decided, so the first group reads one of two.
+DECIDED_NORMAL = [UNDECIDED, 5, 0, 3, 4, UNDECIDED, 2, 1, UNDECIDED, UNDECIDED, 7, UNDECIDED, 2, 6]
 DECIDED_REDUCE = [3, UNDECIDED, 4, UNDECIDED, UNDECIDED, 6, UNDECIDED, UNDECIDED, 0, 3, UNDECIDED, UNDECIDED,
                   UNDECIDED, 1]
 

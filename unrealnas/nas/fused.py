@@ -61,26 +61,32 @@ class BatchNormStats:
 
     In training, ``normalize`` uses batch statistics and remembers them; ``flush`` then updates every
     per-edge module's running mean/var (momentum and the unbiased variance of ``nn.BatchNorm2d``) and
-    ``num_batches_tracked`` with three foreach ops for the whole forward. In eval mode it normalises
-    with the concatenated running statistics of the modules.
+    ``num_batches_tracked`` with three foreach ops for the whole forward. A channel block may stand
+    for several modules (the pooling BNs of the edges that read one state see the same batch, so
+    in training one block serves them all). In eval mode it normalises with the concatenated running
+    statistics of the modules (one module per block).
     """
 
     def __init__(self, training: bool) -> None:
         self.training = training
-        self.modules: list[nn.BatchNorm2d] = []
+        self.blocks: list[Sequence[nn.BatchNorm2d]] = []
         self.means: list[torch.Tensor] = []
         self.invstds: list[torch.Tensor] = []
         self.counts: list[tuple[int, int]] = []  # (channels, values per channel) per normalize call
+        self.sizes: list[int] = []  # channels per block
 
-    def normalize(self, x: torch.Tensor, modules: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-        """BN of ``x`` (N, sum of module channels, H, W); channel block k belongs to ``modules[k]``."""
-        eps = modules[0].eps
+    def normalize(self, x: torch.Tensor, blocks: Sequence[Sequence[nn.BatchNorm2d]]) -> torch.Tensor:
+        """BN of ``x`` (N, channels, H, W); the k-th channel block belongs to the modules ``blocks[k]``."""
+        eps = blocks[0][0].eps
         if not self.training:
-            mean = torch.cat([m.running_mean for m in modules])
-            var = torch.cat([m.running_var for m in modules])
+            if any(len(b) != 1 for b in blocks):
+                raise ValueError("eval-mode BN needs one module per channel block (its own running statistics)")
+            mean = torch.cat([b[0].running_mean for b in blocks])
+            var = torch.cat([b[0].running_var for b in blocks])
             return F.batch_norm(x, mean, var, None, None, False, 0.0, eps)
         out, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
-        self.modules.extend(modules)
+        self.blocks.extend(blocks)
+        self.sizes += [x.shape[1] // len(blocks)] * len(blocks)
         self.means.append(mean)
         self.invstds.append(invstd)
         self.counts.append((x.shape[1], x.numel() // x.shape[1]))
@@ -89,20 +95,22 @@ class BatchNormStats:
     @torch.no_grad()
     def flush(self) -> None:
         """Apply the remembered batch statistics to the per-edge modules' running buffers."""
-        if not self.modules:
+        if not self.blocks:
             return
-        first = self.modules[0]
+        first = next(m for b in self.blocks for m in b)
         eps, momentum = first.eps, first.momentum
-        sizes = [m.num_features for m in self.modules]
+        sizes = self.sizes
         mean = torch.cat(self.means)
         invstd = torch.cat(self.invstds)
         # nn.BatchNorm2d keeps the unbiased variance: biased var = invstd^-2 - eps, times n / (n - 1).
         factor = _unbiased_factor(self.counts, invstd)
         var = (invstd.pow(-2) - eps) * factor
         dtype = first.running_mean.dtype
-        means, vars_ = list(mean.to(dtype).split(sizes)), list(var.to(dtype).split(sizes))
-        rms, rvs = [m.running_mean for m in self.modules], [m.running_var for m in self.modules]
-        counters = [m.num_batches_tracked for m in self.modules]
+        mean_blocks, var_blocks = mean.to(dtype).split(sizes), var.to(dtype).split(sizes)
+        pairs = [(m, k) for k, b in enumerate(self.blocks) for m in b]
+        means, vars_ = [mean_blocks[k] for _, k in pairs], [var_blocks[k] for _, k in pairs]
+        rms, rvs = [m.running_mean for m, _ in pairs], [m.running_var for m, _ in pairs]
+        counters = [m.num_batches_tracked for m, _ in pairs]
         if torch._C._functorch.is_batchedtensor(mean):
             # under vmap (packed seeds: per-seed buffers) foreach ops have no batching rule
             for r, t in zip(rms + rvs, means + vars_, strict=True):
@@ -117,7 +125,7 @@ class BatchNormStats:
         self._clear()
 
     def _clear(self) -> None:
-        self.modules, self.means, self.invstds, self.counts = [], [], [], []
+        self.blocks, self.means, self.invstds, self.counts, self.sizes = [], [], [], [], []
 
 
 _FACTORS: dict[tuple, torch.Tensor] = {}
@@ -158,13 +166,20 @@ class Group:
     stride: int
     index: dict[tuple, torch.Tensor] = field(default_factory=dict)  # cached channel indices per device
 
-    @property
-    def row_ops(self) -> list[tuple[int, int]]:
-        """(edge position, op) of each C-channel block of the batch-normalised stack ``z``, in order."""
+    def rows(self, training: bool) -> list[tuple[tuple[int, ...], int]]:
+        """(edge positions, op) of each C-channel block of the batch-normalised stack ``z``, in order.
+
+        In training a pooling block serves every edge of its source (same batch statistics); in eval
+        each edge has its own (its own running statistics).
+        """
         E = range(len(self.edges))
-        rows = [(k, op) for k in E for op in (SEP3, SEP5)] + [(k, op) for k in E for op in (DIL3, DIL5)]
-        rows += [(k, op) for op in (MAX, AVG) for k in E]
-        return rows + ([(k, SKIP) for k in E] if self.stride == 2 else [])
+        rows = [((k,), op) for k in E for op in (SEP3, SEP5)] + [((k,), op) for k in E for op in (DIL3, DIL5)]
+        if training:
+            rows += [(tuple(k for k in E if self.src_pos[k] == p), op) for op in (MAX, AVG)
+                     for p in range(len(self.sources))]
+        else:
+            rows += [((k,), op) for op in (MAX, AVG) for k in E]
+        return rows + ([((k,), SKIP) for k in E] if self.stride == 2 else [])
 
     def idx(self, name: str, C: int, device: torch.device) -> torch.Tensor:
         """Channel indices into the stacked sources (C channels each): ``rep`` (conv input per edge
@@ -191,8 +206,10 @@ class CellPlan:
     nodes: int
     groups: list[Group]
     single: list[tuple[int, int]]  # (edge, op) of SGAS-decided edges, run alone with weight 1
-    coef_index: list[tuple[int, int]]  # nonzero entries of the weight map: (row of coef, edge*ops+op)
-    coef_sizes: list[int]  # per group: size of its (slots, rows [+ sources]) coefficient block
+    # per training mode: nonzero entries of the weight map, (row of coef, edge*ops+op), and per group
+    # the size of its (slots, rows [+ sources]) coefficient block
+    coef_index: dict[bool, list[tuple[int, int]]]
+    coef_sizes: dict[bool, list[int]]
     maps: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -200,16 +217,16 @@ class CellPlan:
         """Every fused edge, group-major (the stacking order of the per-cell weights)."""
         return [e for g in self.groups for e in g.edges]
 
-    def coefficients(self, w: torch.Tensor) -> list[torch.Tensor]:
+    def coefficients(self, w: torch.Tensor, training: bool) -> list[torch.Tensor]:
         """Per group its (slots, rows [+ sources]) weights of ``z`` [and the identity skips], from w (edges, ops)."""
-        key = (w.device, w.dtype)
+        key = (w.device, w.dtype, training)
         gmap = self.maps.get(key)
         if gmap is None:
-            gmap = torch.zeros(sum(self.coef_sizes), w.shape[0] * w.shape[1], dtype=w.dtype)
-            for r, c in self.coef_index:
+            gmap = torch.zeros(sum(self.coef_sizes[training]), w.shape[0] * w.shape[1], dtype=w.dtype)
+            for r, c in self.coef_index[training]:
                 gmap[r, c] = 1.0
             gmap = self.maps[key] = gmap.to(w.device)
-        flat = torch.mv(gmap, w.reshape(-1)).split(self.coef_sizes)
+        flat = torch.mv(gmap, w.reshape(-1)).split(self.coef_sizes[training])
         return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
 
 
@@ -220,7 +237,9 @@ def make_plan(nodes: int, reduction: bool, edge_ops: Sequence[int], n_ops: int) 
         for j in range(i + 2):
             edge_of[(i, j)] = len(edge_of)
     single = [(e, edge_ops[e]) for e in edge_of.values() if edge_ops[e] not in (UNDECIDED, NONE_INDEX)]
-    groups, coef_index, coef_sizes = [], [], []
+    groups: list[Group] = []
+    coef_index: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+    coef_sizes: dict[bool, list[int]] = {True: [], False: []}
     for sources in [(0, 1)] + [(s,) for s in range(2, nodes + 1)]:
         node0 = 0 if sources == (0, 1) else sources[0] - 1
         members = sorted((e, sources.index(j), i) for (i, j), e in edge_of.items()
@@ -229,16 +248,19 @@ def make_plan(nodes: int, reduction: bool, edge_ops: Sequence[int], n_ops: int) 
             continue
         stride = 2 if reduction and sources == (0, 1) else 1
         g = Group(sources, tuple(m[0] for m in members), tuple(m[1] for m in members), node0, stride)
-        slots, row0 = nodes - node0, sum(coef_sizes)
-        rows = g.row_ops
-        width = len(rows) + (len(sources) if stride == 1 else 0)
-        for r, (k, op) in enumerate(rows):  # coef[slot, r] = w[edge, op] for the node the edge feeds
-            edge, _, node = members[k]
-            coef_index.append((row0 + (node - node0) * width + r, edge * n_ops + op))
-        if stride == 1:  # identity skips: coef[slot, rows + source]
-            for edge, pos, node in members:
-                coef_index.append((row0 + (node - node0) * width + len(rows) + pos, edge * n_ops + SKIP))
-        coef_sizes.append(slots * width)
+        slots = nodes - node0
+        for training in (True, False):
+            index, row0 = coef_index[training], sum(coef_sizes[training])
+            rows = g.rows(training)
+            width = len(rows) + (len(sources) if stride == 1 else 0)
+            for r, (ks, op) in enumerate(rows):  # coef[slot, r] = w[edge, op] for the node each edge feeds
+                for k in ks:
+                    edge, _, node = members[k]
+                    index.append((row0 + (node - node0) * width + r, edge * n_ops + op))
+            if stride == 1:  # identity skips: coef[slot, rows + source]
+                for edge, pos, node in members:
+                    index.append((row0 + (node - node0) * width + len(rows) + pos, edge * n_ops + SKIP))
+            coef_sizes[training].append(slots * width)
         groups.append(g)
     return CellPlan(nodes, groups, single, coef_index, coef_sizes)
 
@@ -316,14 +338,17 @@ def _group_forward(cell: nn.Module, g: Group, k: int, x: torch.Tensor, weights: 
     d1 = F.conv2d(rep, weights["dw1"][k], stride=st, padding=2, groups=2 * E * C)
     dd = F.conv2d(rep, weights["dwd"][k], stride=st, padding=4, dilation=2, groups=2 * E * C)
     b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E),
-                      [m[op].op[0].op[3] for m in ops for op in (SEP3, SEP5)])
+                      [[m[op].op[0].op[3]] for m in ops for op in (SEP3, SEP5)])
     d2 = F.conv2d(first[SEP3].op[1].op[0](b1), weights["dw2"][k], padding=2, groups=2 * E * C)
     q = F.conv2d(torch.cat([d2, dd], 1), weights["pw2"][k], groups=4 * E)
-    pools = torch.cat([first[MAX][0](x), first[AVG][0](x)], 1)
-    parts = [q, pools.index_select(1, g.idx("pool", C, dev))]
+    pools = [first[MAX][0](x), first[AVG][0](x)]
+    if bn.training:  # one block per (pool, source): see Group.rows
+        parts = [q, *pools]
+    else:
+        parts = [q, torch.cat(pools, 1).index_select(1, g.idx("pool", C, dev))]
     if st == 2:
         parts.append(_factorized_reduce(xr, g, weights["fr"][0]))
-    bn_mods = [_bn_of(ops[j], op) for j, op in g.row_ops]
+    bn_mods = [[_bn_of(ops[j], op) for j in ks] for ks, op in g.rows(bn.training)]
     z = bn.normalize(torch.cat(parts, 1), bn_mods)
     if st == 1:  # the identity skips join the stack after BN (one copy instead of a second matmul)
         z = torch.cat([z, x], 1)
@@ -344,15 +369,24 @@ def _bn_of(ops: nn.ModuleList, op: int) -> nn.Module:
     return ops[op].bn  # FactorizedReduce skip
 
 
-def _preprocess(m: nn.Module, x: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
-    # ReLUConvBN or FactorizedReduce with its BN through ``bn`` (running stats updated with the rest)
+def _preprocess_convs(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    # the conv outputs of a ReLUConvBN or FactorizedReduce cell-input preprocessing, before its BN
     if isinstance(m, FactorizedReduce):
         x = m.relu(x)
         shifted = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)) if (x.shape[-1] % 2 or x.shape[-2] % 2) else x
-        return bn.normalize(torch.cat([m.conv_1(x), m.conv_2(shifted[:, :, 1:, 1:])], 1), [m.bn])
-    if isinstance(m, ReLUConvBN):
-        return bn.normalize(m.op[1](m.op[0](x)), [m.op[2]])
-    return m(x)
+        return [m.conv_1(x), m.conv_2(shifted[:, :, 1:, 1:])]
+    return [m.op[1](m.op[0](x))]
+
+
+def _preprocess(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
+    """Both preprocessed cell inputs stacked (N, 2C, H, W), with one BN: the first group's input."""
+    mods = []
+    for m in (cell.preprocess0, cell.preprocess1):
+        if not isinstance(m, FactorizedReduce | ReLUConvBN):
+            raise TypeError(f"the fused supernet preprocesses with ReLUConvBN or FactorizedReduce, got {m}")
+        mods.append(m.bn if isinstance(m, FactorizedReduce) else m.op[2])
+    return bn.normalize(torch.cat(_preprocess_convs(cell.preprocess0, s0) + _preprocess_convs(cell.preprocess1, s1),
+                                  1), [[m] for m in mods])
 
 
 def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torch.Tensor:
@@ -366,7 +400,10 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torc
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
                        coefs: list[torch.Tensor], bn: BatchNormStats) -> torch.Tensor:
     """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels."""
-    states = [_preprocess(cell.preprocess0, s0, bn), _preprocess(cell.preprocess1, s1, bn)]
+    inputs = _preprocess(cell, s0, s1, bn)
+    C = cell.C
+    # the two inputs on their own only for decided edges (the first group reads them stacked)
+    states = [inputs[:, :C], inputs[:, C:]] if plan.single else [None, None]
     weights = cell_weights(cell, plan) if plan.groups else {}
     contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]
     edge_src = [(i, j) for i in range(plan.nodes) for j in range(i + 2)]
@@ -384,7 +421,7 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
             continue  # the cell inputs are one group, run at s == 0; the last node feeds no edge
         if s in by_first_source:
             k, g = by_first_source[s]
-            x = torch.cat([states[j] for j in g.sources], 1) if len(g.sources) > 1 else states[s]
+            x = inputs if s == 0 else states[s]
             out = _group_forward(cell, g, k, x, weights, coefs[k], bn)
             for slot, t in enumerate(out.unbind(1)):
                 contrib[g.node0 + slot].append(t)

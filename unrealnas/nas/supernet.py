@@ -235,7 +235,7 @@ class SuperNet(nn.Module):
                 plan = self._plans[key] = make_plan(self.nodes, cell_type == "reduce", key[1], len(PRIMITIVES))
             plans[cell_type] = plan
             if any(c.reduction == (cell_type == "reduce") for c in self.cells):
-                coefs[cell_type] = plan.coefficients(weights[cell_type])
+                coefs[cell_type] = plan.coefficients(weights[cell_type], self.training)
         bn = BatchNormStats(self.training)
         s0 = s1 = stem
         for cell in self.cells:
