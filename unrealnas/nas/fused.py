@@ -5,30 +5,32 @@ is built inside forward by stacking the per-edge parameters, so ``state_dict()``
 checkpoints are those of the per-edge supernet. Edges are grouped by the state they read; with
 4 nodes the 14 edges of a cell form 4 groups, each run as one chain of kernels::
 
-    group 0: s0, s1 -> nodes 0..3 (8 edges; stride 2 in a reduction cell)
+    group 0: s0, s1 -> nodes 0..3 (8 edges; stride 2 in a reduction cell; s0, s1 share one BN)
     group 1: node 0 -> nodes 1..3 (3 edges)      group 2: node 1 -> nodes 2, 3 (2 edges)
     group 3: node 2 -> node 3     (1 edge)
 
-    inside a group (E edges, channels stacked edge-major, ``[e, op, C]``):
+    inside a group of E edges (channel blocks of C, stacked edge-major):
 
-    x ── relu ── index [e, 2] ──┬─ dw 5x5       [sep3 (3x3 zero-padded) | sep5]  ── pw 1x1 (2E groups)
-     │                          │                                                   ── BN ── relu
-     │                          │                    ┌───────────────────────────── dw 5x5 (sep3 | sep5)
-     │                          └─ dw 5x5 dil 2 [dil3 (zero-padded) | dil5] ──┐     │
-     │                                                          cat [e, sep3 sep5 dil3 dil5]
-     │                                                                ── pw 1x1 (4E groups) ──┐
-     ├── max pool ─┬ index [e] ───────────────────────────────────────────────────────────────┤
-     ├── avg pool ─┘                                                                          │
-     ├── relu, even/odd pixels ── index [e] ── 1x1 (2E groups)  (skip of a stride-2 edge) ───┤
-     │                                              cat [e, 7 ops] ── one BN (non-affine) ──┤
-     │                                                  weighted op sum + node sums: one matmul
-     └── skip (identity, stride 1): one matmul with the skip weights, added ────────────────┘
+    x ─ relu ─ index [e: 2 copies] ─┬─ dw 5x5       [e: sep3 (3x3 zero-padded), sep5] ─ 1x1 (2E groups)
+     │                              │                                    ─ BN ─ relu ─ dw 5x5 [e: sep3, sep5] ─┐
+     │                              └─ dw 5x5 dil 2 [e: dil3 (zero-padded), dil5] ─────────────────────────────┤
+     │                                   cat [e: sep3, sep5] [e: dil3, dil5] ─ 1x1 (4E groups) ─ q ────────────┤
+     ├─ max pool ─ [source] (training; eval: [e], each edge's own running statistics) ─────────────────────────┤
+     ├─ avg pool ─ [source] ───────────────────────────────────────────────────────────────────────────────────┤
+     ├─ relu, even | odd pixels ─ index [e] ─ 1x1 (2E groups): skips of stride-2 edges (FactorizedReduce) ─────┤
+     │                                                                       cat ─ one non-affine BN ─ z ──────┤
+     └─ identity skip (stride 1) ─────────────────────────────────────────────────────────────── cat [z, x] ───┤
+                     weighted op sum and node sums: one batched matmul, (nodes fed, rows) @ rows ──────────────┘
 
-``none`` is never computed. Non-affine BN normalises each channel by its own batch statistics, so
-one BN over the stacked channels is the per-edge math; in training the running statistics of every
-per-edge BN module are updated from the batch statistics once per forward (``BatchNormStats``).
-SGAS-decided edges run their one op alone (weight 1) and pruned edges not at all, as in the per-edge
-cell; with explicit ``op_weights`` every edge is fused, with no branching on decisions.
+The 5x5 depthwise kernels are exact: a zero-padded 3x3 kernel with padding 2 computes the 3x3 conv
+with padding 1, and dil_conv_3x3 (3x3, dilation 2, padding 2) is a zero-padded 5x5 with dilation 2,
+padding 4, as dil_conv_5x5. ``none`` is never computed. Non-affine BN normalises each channel by its
+own batch statistics, so one BN over the stacked channels is the per-edge math; in training the
+running statistics of every per-edge BN module are updated from the batch statistics once per
+forward (``BatchNormStats``). The op weights enter only through the matmul's coefficients, one
+linear map of softmax(alpha) per cell type (``CellPlan.coefficients``). SGAS-decided edges run their
+one op alone (weight 1) and pruned edges not at all, as in the per-edge cell; with explicit
+``op_weights`` every edge is fused, with no branching on decisions.
 """
 
 from __future__ import annotations
