@@ -182,8 +182,10 @@ def test_op_weights_path_equals_branching_path(fused_engine):
         assert_rel_close(b, a, 1e-4, "op_weights gradient")
 
 
-def test_fused_forward_is_vmap_compatible_with_per_seed_buffers():
-    _, net = pair(nodes=2)
+@pytest.mark.parametrize("fused_engine", [False, True], ids=["per_edge", "fused"])
+def test_forward_is_vmap_compatible_with_per_seed_buffers(fused_engine):
+    nets = pair(nodes=2)
+    net = nets[fused_engine]
     x, _ = batch(n=2, hw=8)
     seeds = 3
     ws = [torch.softmax(torch.randn(seeds, num_edges(2), len(PRIMITIVES)), -1) for _ in range(2)]
@@ -220,3 +222,14 @@ def test_config_key_selects_the_engine_and_keeps_the_run_id():
         compose_config(["search.supernet=fast"])
     # the engine is not part of the search's identity: old run directories resume with either
     assert search_run_id(compose_config(["search.supernet=per_edge"])) == search_run_id(compose_config([]))
+
+
+def test_channels_last_matches_per_edge():
+    ref, fused = pair(decided=True)
+    x, y = batch()
+    x = x.contiguous(memory_format=torch.channels_last)
+    for net in (ref, fused):
+        net.to(memory_format=torch.channels_last)
+        net.loss(x, y).backward()
+    assert_rel_close(fused(x), ref(x), 1e-4, "channels_last logits")
+    assert_same_grads(ref, fused)
