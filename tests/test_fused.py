@@ -233,3 +233,21 @@ def test_channels_last_matches_per_edge():
         net.loss(x, y).backward()
     assert_rel_close(fused(x), ref(x), 1e-4, "channels_last logits")
     assert_same_grads(ref, fused)
+
+
+def test_bench_search_rows_compare_engines_side_by_side():
+    from unrealnas.benchmarks import search as search_bench
+    from unrealnas.errors import ConfigError
+
+    cfg = compose_config(["preset=smoke", "search.layers=3", "search.init_channels=2", "search.batch_size=2",
+                          "search.resolution=8"])
+    rows = search_bench.bench_method(cfg, "darts", torch.device("cpu"), steps=1, warmup=0, compile_=False,
+                                     supernets=["per_edge", "fused"])
+    assert [(r["variant"], r["supernet"]) for r in rows] == [("baseline", "per_edge"), ("baseline", "fused"),
+                                                            ("optimised", "per_edge"), ("optimised", "fused")]
+    per_edge, fused = rows[0], rows[1]
+    assert fused["ops_per_iter"] < per_edge["ops_per_iter"] and 0 < fused["kernel_ops"] < fused["ops_per_iter"]
+    assert fused["ops_vs_per_edge"] == pytest.approx(per_edge["ops_per_iter"] / fused["ops_per_iter"])
+    assert fused["vs_per_edge"] > 0 and per_edge["vs_per_edge"] is None
+    with pytest.raises(ConfigError, match="unknown supernet"):
+        search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, supernets=["fast"])
