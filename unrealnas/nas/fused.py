@@ -48,8 +48,6 @@ from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES, FactorizedReduce, ReLUConv
 _OP = {name: PRIMITIVES.index(name) for name in PRIMITIVES}
 SEP3, SEP5, DIL3, DIL5 = _OP["sep_conv_3x3"], _OP["sep_conv_5x5"], _OP["dil_conv_3x3"], _OP["dil_conv_5x5"]
 MAX, AVG, SKIP = _OP["max_pool_3x3"], _OP["avg_pool_3x3"], _OP["skip_connect"]
-# Row order of the stacked, batch-normalised op outputs of one edge (the ``[e, 7 ops]`` block above).
-BN_OPS = (SEP3, SEP5, DIL3, DIL5, MAX, AVG)
 if set(PRIMITIVES) != {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                        "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}:
     raise ImportError("the fused supernet implements the 8 DARTS ops; extend unrealnas.nas.fused first")
@@ -213,6 +211,7 @@ class CellPlan:
     coef_index: dict[bool, list[tuple[int, int]]]
     coef_sizes: dict[bool, list[int]]
     maps: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    modules: dict[nn.Module, CellModules] = field(default_factory=dict)  # per cell that runs this plan
 
     @property
     def fused_edges(self) -> list[int]:
@@ -288,70 +287,114 @@ class _StackParams(torch.autograd.Function):
         return grad.unbind(0)
 
 
-def cell_weights(cell: nn.Module, plan: CellPlan) -> dict[str, tuple[torch.Tensor, ...]]:
+@dataclass
+class _GroupModules:
+    act1: nn.Module  # the ReLU every conv op of the group starts with
+    act2: nn.Module  # the ReLU of the second separable stage
+    max_pool: nn.Module
+    avg_pool: nn.Module
+    bn1: list[list[nn.BatchNorm2d]]  # BN blocks after the first pointwise conv
+    bnz: dict[bool, list[list[nn.BatchNorm2d]]]  # BN blocks of ``z``, per training mode
+
+
+@dataclass
+class CellModules:
+    """The per-edge modules the fused kernels of one cell read, in stacking order (looked up once)."""
+
+    dw_small: list[nn.Module]  # 3x3 depthwise convs (zero-padded to 5x5), kind-major then group-major
+    dw_large: list[nn.Module]  # the 5x5 partner of each
+    dw_sizes: list[int]
+    pw: list[nn.Module]
+    pw_sizes: list[int]
+    fr: list[nn.Module]  # FactorizedReduce convs of the strided group (conv_1, conv_2 per edge)
+    groups: list[_GroupModules]
+    pre_bn: list[nn.BatchNorm2d]
+    single: list[tuple[int, int, nn.Module]]  # (node, source state, op module) of decided edges
+
+
+def cell_modules(cell: nn.Module, plan: CellPlan) -> CellModules:
+    """The modules of ``cell`` that ``plan`` fuses, cached on the plan (module lookups cost Python time)."""
+    cm = plan.modules.get(cell)
+    if cm is not None:
+        return cm
+    C = cell.C
+    per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
+    kinds = (lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1]),
+             lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1]),
+             lambda o: (o[DIL3].op[1], o[DIL5].op[1]))
+    pairs = [pair(o) for pair in kinds for ops in per_group for o in ops]
+    pw = []
+    for ops in per_group:
+        pw += [m.op[0].op[2] for o in ops for m in (o[SEP3], o[SEP5])]
+        pw += [m.op[1].op[2] for o in ops for m in (o[SEP3], o[SEP5])]
+        pw += [m.op[2] for o in ops for m in (o[DIL3], o[DIL5])]
+    fr = [c for g, ops in zip(plan.groups, per_group, strict=True) if g.stride == 2
+          for o in ops for c in (o[SKIP].conv_1, o[SKIP].conv_2)]
+    groups = []
+    for g, ops in zip(plan.groups, per_group, strict=True):
+        first = ops[0]
+        # Activation and pooling are the group's own modules (the same on every edge, as SuperNet builds
+        # them), so a network whose modules were swapped (tests: softplus for a smooth net) fuses too.
+        groups.append(_GroupModules(
+            first[SEP3].op[0].op[0], first[SEP3].op[1].op[0], first[MAX][0], first[AVG][0],
+            [[m[op].op[0].op[3]] for m in ops for op in (SEP3, SEP5)],
+            {t: [[_bn_of(ops[j], op) for j in ks] for ks, op in g.rows(t)] for t in (True, False)}))
+    pre_bn = []
+    for m in (cell.preprocess0, cell.preprocess1):
+        if not isinstance(m, FactorizedReduce | ReLUConvBN):
+            raise TypeError(f"the fused supernet preprocesses with ReLUConvBN or FactorizedReduce, got {m}")
+        pre_bn.append(m.bn if isinstance(m, FactorizedReduce) else m.op[2])
+    edge_src = [(i, j) for i in range(plan.nodes) for j in range(i + 2)]
+    single = [(*edge_src[e], cell.edges[e].ops[op]) for e, op in plan.single]
+    cm = plan.modules[cell] = CellModules(
+        [a for a, _ in pairs], [b for _, b in pairs], [2 * len(ops) * C for _ in kinds for ops in per_group],
+        pw, [s * C for ops in per_group for s in (2 * len(ops), 4 * len(ops))], fr, groups, pre_bn, single)
+    return cm
+
+
+def cell_weights(cm: CellModules, C: int) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per-group kernel weights stacked from the per-edge parameters (read now, so functional calls work).
 
     Depthwise: one 5x5 tensor for all of the cell, 3x3 kernels zero-padded; each group's ``dw1``,
     ``dw2``, ``dwd`` is ``[e, (sep3 | sep5) or (dil3 | dil5), C]``. Pointwise: ``pw1`` is
     ``[e, (sep3 | sep5)]``, ``pw2`` is ``[e, (sep3 | sep5)]`` then ``[e, (dil3 | dil5)]``.
     """
-    C = cell.C
-    per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
-    kinds = (("dw1", lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1])),
-             ("dw2", lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1])),
-             ("dwd", lambda o: (o[DIL3].op[1], o[DIL5].op[1])))
-    # all depthwise kernels of the cell: (3x3 padded | 5x5) pairs, kind-major then group-major
-    pairs = [pair(o) for _, pair in kinds for ops in per_group for o in ops]
-    small = F.pad(_StackParams.apply(*[a.weight for a, _ in pairs]), (1, 1, 1, 1))
-    dw = torch.stack([small, _StackParams.apply(*[b.weight for _, b in pairs])], 1).view(-1, 1, 5, 5)
-    sizes = [2 * len(ops) * C for _ in kinds for ops in per_group]
-    chunks = dw.split(sizes)
-    n = len(per_group)
-    out = {name: chunks[k * n:(k + 1) * n] for k, (name, _) in enumerate(kinds)}
-    pw = []
-    for ops in per_group:
-        pw += [m.op[0].op[2].weight for o in ops for m in (o[SEP3], o[SEP5])]
-        pw += [m.op[1].op[2].weight for o in ops for m in (o[SEP3], o[SEP5])]
-        pw += [m.op[2].weight for o in ops for m in (o[DIL3], o[DIL5])]
-    chunks = _StackParams.apply(*pw).view(-1, C, 1, 1).split([s * C for ops in per_group for s in (2 * len(ops), 4 * len(ops))])
+    small = F.pad(_StackParams.apply(*[m.weight for m in cm.dw_small]), (1, 1, 1, 1))
+    dw = torch.stack([small, _StackParams.apply(*[m.weight for m in cm.dw_large])], 1).view(-1, 1, 5, 5)
+    chunks = dw.split(cm.dw_sizes)
+    n = len(cm.groups)
+    out = {name: chunks[k * n:(k + 1) * n] for k, name in enumerate(("dw1", "dw2", "dwd"))}
+    chunks = _StackParams.apply(*[m.weight for m in cm.pw]).view(-1, C, 1, 1).split(cm.pw_sizes)
     out["pw1"], out["pw2"] = chunks[0::2], chunks[1::2]
-    strided = [ops for g, ops in zip(plan.groups, per_group, strict=True) if g.stride == 2]
-    if strided:  # only the first group of a reduction cell; its skips are FactorizedReduce
-        frs = [o[SKIP] for o in strided[0]]
-        out["fr"] = (_StackParams.apply(*[w for m in frs for w in (m.conv_1.weight, m.conv_2.weight)]).view(-1, C, 1, 1),)
+    if cm.fr:  # only the first group of a reduction cell; its skips are FactorizedReduce
+        out["fr"] = (_StackParams.apply(*[m.weight for m in cm.fr]).view(-1, C, 1, 1),)
     return out
 
 
 # ----------------------------------------------------------------------------- forward
 
 
-def _group_forward(cell: nn.Module, g: Group, k: int, x: torch.Tensor, weights: dict[str, tuple[torch.Tensor, ...]],
-                   coef: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
+def _group_forward(C: int, g: Group, gm: _GroupModules, k: int, x: torch.Tensor,
+                   weights: dict[str, tuple[torch.Tensor, ...]], coef: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
     """Contributions (N, slots, C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1."""
     N = x.shape[0]
-    C, E, st = cell.C, len(g.edges), g.stride
-    ops = [cell.edges[e].ops for e in g.edges]
+    E, st = len(g.edges), g.stride
     dev = x.device
-    # Activation and pooling are the group's own modules (the same on every edge, as SuperNet builds
-    # them), so a network whose modules were swapped (tests: softplus for a smooth net) fuses too.
-    first = ops[0]
-    xr = first[SEP3].op[0].op[0](x)
+    xr = gm.act1(x)
     rep = xr.index_select(1, g.idx("rep", C, dev))  # [e, 2 chains, C]
     d1 = F.conv2d(rep, weights["dw1"][k], stride=st, padding=2, groups=2 * E * C)
     dd = F.conv2d(rep, weights["dwd"][k], stride=st, padding=4, dilation=2, groups=2 * E * C)
-    b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E),
-                      [[m[op].op[0].op[3]] for m in ops for op in (SEP3, SEP5)])
-    d2 = F.conv2d(first[SEP3].op[1].op[0](b1), weights["dw2"][k], padding=2, groups=2 * E * C)
+    b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E), gm.bn1)
+    d2 = F.conv2d(gm.act2(b1), weights["dw2"][k], padding=2, groups=2 * E * C)
     q = F.conv2d(torch.cat([d2, dd], 1), weights["pw2"][k], groups=4 * E)
-    pools = [first[MAX][0](x), first[AVG][0](x)]
+    pools = [gm.max_pool(x), gm.avg_pool(x)]
     if bn.training:  # one block per (pool, source): see Group.rows
         parts = [q, *pools]
     else:
         parts = [q, torch.cat(pools, 1).index_select(1, g.idx("pool", C, dev))]
     if st == 2:
         parts.append(_factorized_reduce(xr, g, weights["fr"][0]))
-    bn_mods = [[_bn_of(ops[j], op) for j in ks] for ks, op in g.rows(bn.training)]
-    z = bn.normalize(torch.cat(parts, 1), bn_mods)
+    z = bn.normalize(torch.cat(parts, 1), gm.bnz[bn.training])
     if st == 1:  # the identity skips join the stack after BN (one copy instead of a second matmul)
         z = torch.cat([z, x], 1)
     # weighted op sum and node sums in one batched matmul: (slots, rows) @ (rows, C*H*W) per image
@@ -380,15 +423,11 @@ def _preprocess_convs(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [m.op[1](m.op[0](x))]
 
 
-def _preprocess(cell: nn.Module, s0: torch.Tensor, s1: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
+def _preprocess(cell: nn.Module, cm: CellModules, s0: torch.Tensor, s1: torch.Tensor,
+                bn: BatchNormStats) -> torch.Tensor:
     """Both preprocessed cell inputs stacked (N, 2C, H, W), with one BN: the first group's input."""
-    mods = []
-    for m in (cell.preprocess0, cell.preprocess1):
-        if not isinstance(m, FactorizedReduce | ReLUConvBN):
-            raise TypeError(f"the fused supernet preprocesses with ReLUConvBN or FactorizedReduce, got {m}")
-        mods.append(m.bn if isinstance(m, FactorizedReduce) else m.op[2])
-    return bn.normalize(torch.cat(_preprocess_convs(cell.preprocess0, s0) + _preprocess_convs(cell.preprocess1, s1),
-                                  1), [[m] for m in mods])
+    convs = _preprocess_convs(cell.preprocess0, s0) + _preprocess_convs(cell.preprocess1, s1)
+    return bn.normalize(torch.cat(convs, 1), [[m] for m in cm.pre_bn])
 
 
 def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torch.Tensor:
@@ -402,14 +441,14 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torc
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
                        coefs: list[torch.Tensor], bn: BatchNormStats) -> torch.Tensor:
     """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels."""
-    inputs = _preprocess(cell, s0, s1, bn)
+    cm = cell_modules(cell, plan)
+    inputs = _preprocess(cell, cm, s0, s1, bn)
     C = cell.C
     # the two inputs on their own only for decided edges (the first group reads them stacked)
     states = [inputs[:, :C], inputs[:, C:]] if plan.single else [None, None]
-    weights = cell_weights(cell, plan) if plan.groups else {}
+    weights = cell_weights(cm, C) if plan.groups else {}
     contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]
-    edge_src = [(i, j) for i in range(plan.nodes) for j in range(i + 2)]
-    by_first_source = {g.sources[0]: (k, g) for k, g in enumerate(plan.groups)}
+    by_first_source = {g.sources[0]: k for k, g in enumerate(plan.groups)}
     for s in range(plan.nodes + 2):
         if s >= 2:  # state s is node s - 2: every contribution to it is in
             node = s - 2
@@ -422,13 +461,13 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
         if s == 1 or s > plan.nodes:
             continue  # the cell inputs are one group, run at s == 0; the last node feeds no edge
         if s in by_first_source:
-            k, g = by_first_source[s]
+            k = by_first_source[s]
+            g = plan.groups[k]
             x = inputs if s == 0 else states[s]
-            out = _group_forward(cell, g, k, x, weights, coefs[k], bn)
+            out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn)
             for slot, t in enumerate(out.unbind(1)):
                 contrib[g.node0 + slot].append(t)
-        for e, op in plan.single:
-            i, j = edge_src[e]
+        for i, j, op in cm.single:
             if j == s or (s == 0 and j == 1):
-                contrib[i].append(cell.edges[e].ops[op](states[j]))
+                contrib[i].append(op(states[j]))
     return torch.cat(states[2:], dim=1)
