@@ -17,6 +17,13 @@ Run by ``tools/gpu_check.sh`` (``python3 tools/gpu_check.py [--cpu-dry-run] [--o
    images to 1e-6).
 6. ``tiny_search_cuda``: a 2-epoch search (smoke preset: 1 warm-up + 1 search epoch) on CUDA
    completes with a valid ``genotype.json`` and finite alphas in ``result.json``.
+7. ``fused_vs_per_edge``: on the device, the fused supernet (``search.supernet=fused``) and the
+   per-edge reference with the same state and SGAS decisions give the same logits and weight/alpha
+   gradients in fp32 (relative L2 < 1e-4), and the same alphas after 20 first-order search
+   iterations (Architect + SGD): max |difference| < 1e-4, or at most 10x the noise floor (per_edge
+   against itself with weights perturbed by 1e-7: tiny supernets amplify rounding, and Adam's
+   normalised step turns rounding of near-zero alpha gradients into whole steps); the bf16 +
+   channels_last loss difference between the engines (limit 2e-2).
 
 ``--cpu-dry-run`` runs everything on CPU at tiny sizes ("CUDA" is then the CPU too), to test the
 plumbing on a machine without a GPU. Exit status 0 when every check passes, 1 otherwise.
@@ -253,6 +260,70 @@ def check_tiny_search(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, st
                 f"{result['metrics']['skip_reduce']}")
 
 
+def _search_alphas(net, s: Sizes, dev: torch.device, steps: int) -> list[torch.Tensor]:
+    """The alphas after ``steps`` first-order search iterations (Architect, then SGD with clipping)."""
+    from unrealnas.nas.darts import Architect
+
+    net.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, foreach=True)
+    arch = Architect(net, lr=3e-4, betas=(0.5, 0.999))
+    for i in range(steps):
+        xt, yt = (t.to(dev) for t in make_batch(s, seed=10 + i))
+        xv, yv = (t.to(dev) for t in make_batch(s, seed=100 + i))
+        arch.step(xv, yv)
+        opt.zero_grad(set_to_none=True)
+        net.loss(xt, yt).backward()
+        torch.nn.utils.clip_grad_norm_(net.weight_parameters(), 5.0)
+        opt.step()
+    return [a.detach().cpu() for a in net.arch_parameters()]
+
+
+def check_fused_vs_per_edge(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """The fused supernet equals the per-edge one on ``dev``: fp32 gradients, alphas after 20 iterations."""
+    from unrealnas.nas.supernet import SuperNet
+    from unrealnas.runtime import autocast_for
+
+    def pair_of_nets():
+        ref = SuperNet(s.C, s.classes, s.layers, fused=False)
+        ref.load_state_dict(make_net(s).state_dict())
+        codes = [-1] * len(ref.edge_ops("normal"))  # a mid-SGAS state: two decided edges, one pruned
+        codes[0], codes[3], codes[2] = 5, 4, 0
+        ref.set_edge_ops(codes, codes)
+        fused = SuperNet(s.C, s.classes, s.layers, fused=True)
+        fused.load_state_dict(ref.state_dict())
+        return ref.to(dev), fused.to(dev)
+
+    ref, fused = pair_of_nets()
+    x, y = (t.to(dev) for t in make_batch(s))
+    steps = 20 if dev.type == "cuda" else 3
+    with exact_fp32():
+        out = [net(x) for net in (ref, fused)]
+        for net, o in zip((ref, fused), out, strict=True):
+            net.criterion(o, y).backward()
+        (w_r, a_r), (w_f, a_f) = _grads(ref), _grads(fused)
+        errs = {"logits": rel_err(out[1], out[0]), "weight_grads": rel_err(w_f, w_r), "alpha_grads": rel_err(a_f, a_r)}
+        ref, fused = pair_of_nets()
+        noisy, _ = pair_of_nets()
+        with torch.no_grad():  # the noise floor: the reference itself, weights perturbed by 1e-7 (relative)
+            for p in noisy.weight_parameters():
+                p.mul_(1 + 1e-7 * torch.randn_like(p))
+        a_ref, a_fused, a_noisy = (_search_alphas(net, s, dev, steps) for net in (ref, fused, noisy))
+    diff = max(float((a - b).abs().max()) for a, b in zip(a_fused, a_ref, strict=True))
+    floor = max(float((a - b).abs().max()) for a, b in zip(a_noisy, a_ref, strict=True))
+    ok = all(e < 1e-4 for e in errs.values()) and diff <= max(1e-4, 10 * floor)
+    for net in (ref, fused):
+        net.to(memory_format=torch.channels_last)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast_for(dev, "bf16"):
+        losses = [float(net.criterion(net(xc).float(), y)) for net in (ref, fused)]
+    bf16 = abs(losses[1] - losses[0]) / abs(losses[0])
+    ok = ok and bf16 < 2e-2
+    return ok, ("relative L2 errors " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()) + " (limit 1e-4); "
+                f"alphas after {steps} iterations: max |fused - per_edge| {diff:.1e} (limit max(1e-4, 10 x "
+                f"the per_edge noise floor {floor:.1e})); bf16 channels_last loss per_edge {losses[0]:.5f} "
+                f"fused {losses[1]:.5f} ({bf16:.1e}, limit 2e-2)")
+
+
 CHECKS: list[tuple[str, Callable[[torch.device, Sizes, Path], tuple[bool, str]]]] = [
     ("forward_backward_cuda_vs_cpu", check_forward_backward),
     ("bf16_autocast_loss", check_bf16_loss),
@@ -260,6 +331,7 @@ CHECKS: list[tuple[str, Callable[[torch.device, Sizes, Path], tuple[bool, str]]]
     ("second_order_fp32_under_autocast", check_second_order),
     ("device_loader_cuda_vs_cpu", check_device_loader),
     ("tiny_search_cuda", check_tiny_search),
+    ("fused_vs_per_edge", check_fused_vs_per_edge),
 ]
 
 

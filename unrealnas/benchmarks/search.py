@@ -1,7 +1,7 @@
 """Speed of the search loop: images/s of DARTS iterations and projected hours of a full paper search.
 
 ``unrealnas bench search [preset=paper] [steps=N] [warmup=N] [methods=darts,darts2] [compile=true]
-[quick=true] [threads=N] [json=path] [device=...] [search.*=...]``
+[supernet=per_edge,fused] [quick=true] [threads=N] [json=path] [device=...] [search.*=...]``
 
 What is timed: ``steps`` search iterations after ``warmup`` untimed ones, on the supernet of the
 composed config (paper: 8 cells, 16 channels, batch 64, 32x32 inputs, ``data.num_classes`` outputs)
@@ -19,6 +19,11 @@ Variants, each with a fresh supernet from the same seed:
   the second-order hypergradient stays in fp32 either way, as ``Architect`` does by default);
 - ``compile`` (``compile=true``): the optimised variant with the weight-step forward
   ``torch.compile``d, as ``search.compile=true`` does in ``SearchRun``.
+
+Each variant is measured for every supernet engine of ``supernet=`` (default ``search.supernet``);
+``supernet=per_edge,fused`` prints both side by side, with the fused/per-edge ratios of time and of
+``ops_per_iter``: the aten ops one more (uncounted in the timing) iteration dispatches, the
+device-independent cost (``benchmarks.opcount``); ``kernel_ops`` leaves out view/alias ops.
 
 Timing: wall clock over the timed iterations; on CUDA with CUDA events recorded between the phases
 (no host sync inside the loop) and one synchronize at the end. The architecture phase includes
@@ -42,6 +47,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.benchmarks.table import pop_options, report, set_threads
 from unrealnas.config import compose_config
 from unrealnas.config.schema import DataConfig, SearchConfig
@@ -54,10 +60,11 @@ from unrealnas.search.run import ValStream
 
 VARIANTS = ("baseline", "optimised", "compile")
 METHODS = ("darts", "darts2")
+SUPERNETS = ("per_edge", "fused")
 QUICK_CPU_BATCH = 8
 OPTIONS: dict[str, tuple[type, Any]] = {
     "quick": (bool, False), "steps": (int, None), "warmup": (int, None), "methods": (str, "darts,darts2"),
-    "compile": (bool, False), "json": (str, None), "threads": (int, None)}
+    "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, None)}
 
 
 @dataclass
@@ -97,12 +104,13 @@ def build_search_bench(s: DictConfig | SearchConfig, num_classes: int, in_channe
     train_loader, val_loader = search_loaders(data, batch, seed, "same_flipped", 0.5)
     torch.manual_seed(seed)
     model = SuperNet(s.init_channels, num_classes, s.layers, s.nodes, s.stem_multiplier, s.alpha_init,
-                     in_channels=in_channels).to(device)
+                     in_channels=in_channels, fused=s.supernet == "fused").to(device)
     optimised = variant != "baseline"
     channels_last = optimised and use_channels_last(device, s.channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=0.0)
+    optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=0.0,
+                                foreach=True)
     architect = Architect(model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=0.0,
                           unrolled=s.method == "darts2")
     forward = torch.compile(model) if variant == "compile" else model
@@ -197,47 +205,78 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def count_iteration_ops(b: SearchBench, device: torch.device) -> tuple[int, int]:
+    """(aten ops dispatched, kernel ops = those less view/alias ops) by one more search iteration."""
+    counter = count_ops(lambda: search_iteration(b, device))
+    return counter.total, counter.total - counter.metadata
+
+
 def bench_method(cfg: DictConfig, method: str, device: torch.device, steps: int, warmup: int, compile_: bool,
-                 batch_size: int | None = None, say: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
-    """Rows for one method: baseline, optimised (re-measured only where it differs), compile if asked."""
+                 batch_size: int | None = None, say: Callable[[str], None] = lambda _m: None,
+                 supernets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows for one method: baseline, optimised (re-measured only where it differs), compile if asked,
+    each for every supernet engine in ``supernets`` (default: ``search.supernet``)."""
     s = cfg.search.copy()
     s.method = method
     resolution = int(cfg.search.resolution or cfg.data.resolution)
     batch = int(batch_size or s.batch_size)
     optimised_differs = use_channels_last(device, s.channels_last) or amp_enabled(device, s.amp)
     variants = ["baseline", "optimised"] + (["compile"] if compile_ else [])
+    engines = supernets or [str(s.supernet)]
     rows: list[dict[str, Any]] = []
-    base: dict[str, float] | None = None
+    base: dict[str, dict[str, float]] = {}
+    per_edge: dict[str, dict[str, float]] = {}
     for variant in variants:
-        note = ""
-        if variant == "optimised" and not optimised_differs:
-            t = dict(base or {})
-            note = f"= baseline, not re-measured: amp={s.amp}, channels_last={s.channels_last} are off on {device.type}"
-        else:
-            say(f"bench search: {method} {variant} on {device} (batch {batch}, {warmup} warm-up + {steps} steps)")
-            b = build_search_bench(s, int(cfg.data.num_classes), int(cfg.data.channels), resolution, device, variant,
-                                   int(cfg.seed), batch)
-            # compiling happens in the first calls: give it at least two untimed iterations
-            t = time_search_iterations(b, device, steps, max(warmup, 2) if variant == "compile" else warmup)
-            del b
-            _sync(device)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        if variant == "baseline":
-            base = t
-        if batch != paper_schedule()["batch_size"]:
-            note = (note + "; " if note else "") + f"batch {batch}: projection scaled per image to batch 64"
-        rows.append({
-            "method": method, "variant": variant, "device": str(device), "batch": batch, "steps": steps,
-            "s_per_iter": t["s_per_iter"], "arch_s": t["arch_s"], "weight_s": t["weight_s"],
-            "images_per_s": batch / t["s_per_iter"],
-            "vs_baseline": (base["s_per_iter"] / t["s_per_iter"]) if base else None,
-            "paper_search_h": project_paper_hours(t["arch_s"], t["weight_s"], batch),
-            "amp": "bf16" if variant != "baseline" and amp_enabled(device, s.amp) else "off",
-            "channels_last": variant != "baseline" and use_channels_last(device, s.channels_last),
-            "note": note,
-        })
+        for engine in engines:
+            rows.append(_bench_row(cfg, s, method, variant, engine, device, steps, warmup, batch, resolution,
+                                   optimised_differs, base, per_edge, say))
     return rows
+
+
+def _bench_row(cfg: DictConfig, s: DictConfig, method: str, variant: str, engine: str, device: torch.device,
+               steps: int, warmup: int, batch: int, resolution: int, optimised_differs: bool,
+               base: dict[str, dict[str, float]], per_edge: dict[str, dict[str, float]],
+               say: Callable[[str], None]) -> dict[str, Any]:
+    # base: the baseline timing per engine; per_edge: the per_edge timing per variant (for the ratios)
+    note = ""
+    if variant == "optimised" and not optimised_differs:
+        t = dict(base.get(engine, {}))
+        note = f"= baseline, not re-measured: amp={s.amp}, channels_last={s.channels_last} are off on {device.type}"
+    else:
+        say(f"bench search: {method} {variant} {engine} on {device} (batch {batch}, {warmup} warm-up + {steps} steps)")
+        s.supernet = engine
+        b = build_search_bench(s, int(cfg.data.num_classes), int(cfg.data.channels), resolution, device, variant,
+                               int(cfg.seed), batch)
+        # compiling happens in the first calls: give it at least two untimed iterations
+        t = time_search_iterations(b, device, steps, max(warmup, 2) if variant == "compile" else warmup)
+        # a dispatch mode does not see inside compiled graphs: no count for the compile variant
+        t["ops_per_iter"], t["kernel_ops"] = count_iteration_ops(b, device) if variant != "compile" else (None, None)
+        del b
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if variant == "baseline":
+        base[engine] = t
+    if engine == "per_edge":
+        per_edge[variant] = t
+    ref = per_edge.get(variant)
+    if batch != paper_schedule()["batch_size"]:
+        note = (note + "; " if note else "") + f"batch {batch}: projection scaled per image to batch 64"
+    b0 = base.get(engine)
+    return {
+        "method": method, "variant": variant, "supernet": engine, "device": str(device), "batch": batch,
+        "steps": steps, "s_per_iter": t["s_per_iter"], "arch_s": t["arch_s"], "weight_s": t["weight_s"],
+        "images_per_s": batch / t["s_per_iter"],
+        "ops_per_iter": t.get("ops_per_iter"), "kernel_ops": t.get("kernel_ops"),
+        "vs_baseline": (b0["s_per_iter"] / t["s_per_iter"]) if b0 else None,
+        "vs_per_edge": (ref["s_per_iter"] / t["s_per_iter"]) if ref and engine != "per_edge" else None,
+        "ops_vs_per_edge": (ref["ops_per_iter"] / t["ops_per_iter"])
+        if ref and engine != "per_edge" and ref.get("ops_per_iter") and t.get("ops_per_iter") else None,
+        "paper_search_h": project_paper_hours(t["arch_s"], t["weight_s"], batch),
+        "amp": "bf16" if variant != "baseline" and amp_enabled(device, s.amp) else "off",
+        "channels_last": variant != "baseline" and use_channels_last(device, s.channels_last),
+        "note": note,
+    }
 
 
 def amp_enabled(device: torch.device, amp: str) -> bool:
@@ -246,21 +285,25 @@ def amp_enabled(device: torch.device, amp: str) -> bool:
 
 
 def run_search_benchmark(cfg: DictConfig, methods: list[str], steps: int, warmup: int, compile_: bool = False,
-                         batch_size: int | None = None,
-                         say: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
-    """Rows of every (method, variant) measured on ``cfg.device``."""
+                         batch_size: int | None = None, say: Callable[[str], None] = lambda _m: None,
+                         supernets: list[str] | None = None) -> list[dict[str, Any]]:
+    """Rows of every (method, variant, supernet engine) measured on ``cfg.device``."""
     for m in methods:
         if m not in METHODS:
             raise ConfigError(f"unknown method {m!r} for bench search; choose from {', '.join(METHODS)}")
+    for e in supernets or []:
+        if e not in SUPERNETS:
+            raise ConfigError(f"unknown supernet {e!r} for bench search; choose from {', '.join(SUPERNETS)}")
     device = resolve_device(cfg.device)
     rows = []
     for method in methods:
-        rows += bench_method(cfg, method, device, steps, warmup, compile_, batch_size, say)
+        rows += bench_method(cfg, method, device, steps, warmup, compile_, batch_size, say, supernets)
     return rows
 
 
-COLUMNS = ("method", "variant", "amp", "channels_last", "device", "batch", "steps", "s_per_iter", "arch_s", "weight_s", "images_per_s",
-           "vs_baseline", "paper_search_h", "note")
+COLUMNS = ("method", "variant", "supernet", "amp", "channels_last", "device", "batch", "steps", "ops_per_iter",
+           "kernel_ops", "ops_vs_per_edge", "s_per_iter", "arch_s", "weight_s", "images_per_s", "vs_baseline",
+           "vs_per_edge", "paper_search_h", "note")
 
 
 def main(overrides: list[str]) -> int:
@@ -278,12 +321,15 @@ def main(overrides: list[str]) -> int:
     batch = QUICK_CPU_BATCH if (quick and cpu) else None
     methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    rows = run_search_benchmark(cfg, methods, steps, warmup, opts["compile"], batch, say)
+    supernets = [e.strip() for e in str(opts["supernet"]).split(",") if e.strip()] if opts["supernet"] else None
+    rows = run_search_benchmark(cfg, methods, steps, warmup, opts["compile"], batch, say, supernets)
     p = paper_schedule()
     notes = [f"preset={cfg.preset}: supernet {cfg.search.layers} cells, {cfg.search.init_channels} channels, "
              f"{cfg.search.resolution or cfg.data.resolution}x{cfg.search.resolution or cfg.data.resolution}, "
              f"{cfg.data.num_classes} classes; {warmup} warm-up + {steps} timed iterations per row",
              "images_per_s: training-split images per second (each iteration also reads one validation batch)",
+             "ops_per_iter: aten ops one iteration dispatches (each at least one kernel launch on a GPU); "
+             "kernel_ops: those less view/alias ops; ops_vs_per_edge, vs_per_edge: per_edge / this row",
              f"paper_search_h: {p['warmup_epochs']} warm-up epochs (weight step only) + {p['search_epochs']} search "
              f"epochs x {p['iters_per_epoch']} iterations (25k train images, batch {p['batch_size']})"]
     if cfg.preset != "paper":

@@ -130,6 +130,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")
     _check(s.channels_last in ("auto", "on", "off"), "search.channels_last", s.channels_last, "choose auto, on or off")
+    _check(s.supernet in ("fused", "per_edge"), "search.supernet", s.supernet, "choose fused or per_edge")
     _check(cfg.launcher.name in ("local", "slurm"), "launcher.name", cfg.launcher.name, "choose local or slurm")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")

@@ -56,7 +56,9 @@ def _functional_loss(model: SuperNet, params: dict[str, torch.Tensor], x: torch.
     # Fresh copies of the buffers: the BN running statistics of these extra passes (virtual and
     # perturbed weights) must not leak into the real model. Train-mode BN uses batch statistics,
     # so the outputs are the same as with the real buffers.
-    tensors = {n: b.clone() for n, b in model.named_buffers()}
+    names, buffers = zip(*model.named_buffers(), strict=True)
+    # one foreach op copies them all (x * 1 is an exact copy), not one clone per buffer
+    tensors = dict(zip(names, torch._foreach_mul(list(buffers), 1), strict=True))
     tensors.update(params)
     return model.criterion(functional_call(model, tensors, (x,)), y)
 
@@ -85,17 +87,19 @@ def unrolled_alpha_grads(
     if momentum_buffers is None:
         momentum_buffers = [None] * len(weights)
 
-    # Virtual step w' = w - xi * (momentum * buf + g + wd * w).
+    # Virtual step w' = w - xi * (momentum * buf + g + wd * w), as foreach ops over all weights
+    # (a per-weight loop dispatches thousands of small ops).
     loss_train = model.loss(x_train, y_train)
     g_train = _grads_or_zeros(torch.autograd.grad(loss_train, weights, allow_unused=True), weights)
     with torch.no_grad():
-        w_virtual = []
-        for w, g, buf in zip(weights, g_train, momentum_buffers, strict=True):
-            d = g + weight_decay * w if weight_decay else g
-            if buf is not None and momentum:
-                d = d + momentum * buf
-            w_virtual.append((w - xi * d).requires_grad_(True))
-    del g_train
+        d = list(torch._foreach_add(g_train, list(weights), alpha=weight_decay) if weight_decay else g_train)
+        have = [i for i, buf in enumerate(momentum_buffers) if buf is not None] if momentum else []
+        if have:
+            moved = torch._foreach_add([d[i] for i in have], [momentum_buffers[i] for i in have], alpha=momentum)
+            for i, t in zip(have, moved, strict=True):
+                d[i] = t
+        w_virtual = [w.requires_grad_(True) for w in torch._foreach_add(list(weights), d, alpha=-xi)]
+    del g_train, d
 
     # dalpha and v = dL_val/dw' at (w', alpha).
     params = dict(zip(names, w_virtual, strict=True))
@@ -108,12 +112,13 @@ def unrolled_alpha_grads(
 
     # Central difference of grad_alpha L_train along v; R stays a tensor (no host sync).
     with torch.no_grad():
-        v_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float()) for t in v]))
+        v_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([t.float() for t in v])))
         R = hvp_r / v_norm
     hvp_sides = []
     for sign in (1.0, -1.0):
         with torch.no_grad():
-            perturbed = {n: w + (sign * R) * t for n, w, t in zip(names, weights, v, strict=True)}
+            moved = torch._foreach_add(list(weights), torch._foreach_mul(v, sign * R))
+            perturbed = dict(zip(names, moved, strict=True))
         perturbed.update(zip(ALPHA_NAMES, alphas, strict=True))
         loss = _functional_loss(model, perturbed, x_train, y_train)
         hvp_sides.append(_grads_or_zeros(torch.autograd.grad(loss, alphas, allow_unused=True), alphas))

@@ -7,7 +7,10 @@ Differences from the DARTS reference, on purpose:
   gradient (alpha_none still gets its gradient through the softmax normalisation);
 - SGAS edge decisions are part of the module (``edge_ops_*`` buffers, mirrored as Python lists
   so that forward branches on them without a host sync): a decided edge runs its one op with
-  weight 1, a pruned edge is skipped, and a node sums over its kept edges only.
+  weight 1, a pruned edge is skipped, and a node sums over its kept edges only;
+- ``fused=True`` (the default) runs each cell with ``unrealnas.nas.fused``: the same parameters and
+  math, with the edges that read one state stacked into one set of kernels; ``fused=False`` runs
+  one kernel per op per edge, the readable reference the fused engine is tested against.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unrealnas.nas.fused import BatchNormStats, CellPlan, check_batchnorms, fused_cell_forward, make_plan
 from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, num_edges
 from unrealnas.nas.ops import NONE_INDEX, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, get_op
 
@@ -65,6 +69,7 @@ class SearchCell(nn.Module):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
+        self.C = C
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -100,7 +105,9 @@ class SuperNet(nn.Module):
 
     def __init__(self, C: int, num_classes: int, layers: int, nodes: int = 4, stem_multiplier: int = 3,
                  alpha_init: Literal["zeros", "randn"] = "zeros", in_channels: int = 3,
-                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 fused: bool = True) -> None:
+        """``fused``: run the cells with stacked kernels (``unrealnas.nas.fused``); False: per edge."""
         super().__init__()
         if alpha_init not in ("zeros", "randn"):
             raise ValueError(f"alpha_init must be 'zeros' or 'randn', got {alpha_init!r}")
@@ -134,6 +141,12 @@ class SuperNet(nn.Module):
         # Python mirror of the edge_ops buffers: forward branches on it without a device sync.
         self._edge_ops: dict[str, list[int]] = {t: [UNDECIDED] * k for t in CELL_TYPES}
         self.register_load_state_dict_post_hook(_sync_edge_ops_after_load)
+        self.fused = bool(fused)
+        if self.fused:
+            for cell in self.cells:
+                check_batchnorms(cell)
+        # Fused layouts per (cell type, SGAS codes); plain Python state, rebuilt on demand.
+        self._plans: dict[tuple[str, tuple[int, ...]], CellPlan] = {}
 
     # ------------------------------------------------------------------ parameters
 
@@ -176,24 +189,60 @@ class SuperNet(nn.Module):
         """Softmax over ops of (alpha_normal, alpha_reduce), in fp32."""
         return F.softmax(self.alpha_normal.float(), dim=-1), F.softmax(self.alpha_reduce.float(), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for images ``x`` (N, in_channels, H, W)."""
-        w_normal, w_reduce = self.alpha_softmax()
+    def forward(self, x: torch.Tensor,
+                op_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits for images ``x`` (N, in_channels, H, W).
+
+        ``op_weights``: (w_normal, w_reduce), each (edges, ops), used instead of softmax(alpha) for
+        every edge; then every non-``none`` op runs on every edge whatever the SGAS decisions (a
+        pruned edge is a zero row, a decided one a one-hot row), with no branching on them.
+        """
+        if op_weights is None:
+            w_normal, w_reduce = self.alpha_softmax()
+            codes = self._edge_ops
+        else:
+            w_normal, w_reduce = op_weights
+            k = num_edges(self.nodes)
+            codes = {t: [UNDECIDED] * k for t in CELL_TYPES}
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             # Weights in the autocast dtype, cast once: an fp32 scalar would make autocast
             # promote every weighted sum (addcmul) to fp32.
             dtype = torch.get_autocast_dtype(device_type)
             w_normal, w_reduce = w_normal.to(dtype), w_reduce.to(dtype)
-        # Views to one 0-d tensor per (edge, op), built once per forward instead of per edge.
-        rows = {"normal": [r.unbind(0) for r in w_normal.unbind(0)],
-                "reduce": [r.unbind(0) for r in w_reduce.unbind(0)]}
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            cell_type = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, rows[cell_type], self._edge_ops[cell_type])
+        if self.fused:
+            s1 = self._fused_cells(self.stem(x), {"normal": w_normal, "reduce": w_reduce}, codes)
+        else:
+            # Views to one 0-d tensor per (edge, op), built once per forward instead of per edge.
+            rows = {"normal": [r.unbind(0) for r in w_normal.unbind(0)],
+                    "reduce": [r.unbind(0) for r in w_reduce.unbind(0)]}
+            s0 = s1 = self.stem(x)
+            for cell in self.cells:
+                cell_type = "reduce" if cell.reduction else "normal"
+                s0, s1 = s1, cell(s0, s1, rows[cell_type], codes[cell_type])
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)
+
+    def _fused_cells(self, stem: torch.Tensor, weights: dict[str, torch.Tensor],
+                     codes: dict[str, Sequence[int]]) -> torch.Tensor:
+        # One weight map per cell type (all cells of a type share alphas and decisions); the BN
+        # running statistics of every fused edge are written once, after the last cell.
+        plans, coefs = {}, {}
+        for cell_type in CELL_TYPES:
+            key = (cell_type, tuple(codes[cell_type]))
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plans[key] = make_plan(self.nodes, cell_type == "reduce", key[1], len(PRIMITIVES))
+            plans[cell_type] = plan
+            if any(c.reduction == (cell_type == "reduce") for c in self.cells):
+                coefs[cell_type] = plan.coefficients(weights[cell_type], self.training)
+        bn = BatchNormStats(self.training)
+        s0 = s1 = stem
+        for cell in self.cells:
+            cell_type = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, fused_cell_forward(cell, plans[cell_type], s0, s1, coefs[cell_type], bn)
+        bn.flush()
+        return s1
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training criterion (cross-entropy by default) of ``self(x)`` against labels ``y``."""

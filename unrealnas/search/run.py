@@ -48,8 +48,8 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 def search_run_id(cfg: DictConfig) -> str:
     """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
     s = OmegaConf.to_container(cfg.search, resolve=True)
-    for k in ("checkpoint_every", "eval_every", "compile"):
-        s.pop(k, None)  # bookkeeping only: same search, same id
+    for k in ("checkpoint_every", "eval_every", "compile", "supernet"):
+        s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
@@ -130,13 +130,14 @@ class SearchRun:
         self.val = ValStream(val_loader)
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
         self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
-                              s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]))
+                              s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]),
+                              fused=s.supernet == "fused")
         self.model.to(self.device)
         self.channels_last = use_channels_last(self.device, s.channels_last)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.weight_parameters(), lr=s.lr, momentum=s.momentum,
-                                         weight_decay=wd)
+                                         weight_decay=wd, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_epochs, eta_min=s.lr_min)
         self.architect = Architect(self.model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=arch_wd,
                                    unrolled=s.method == "darts2")

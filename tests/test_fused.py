@@ -1,0 +1,253 @@
+"""The fused supernet equals the per-edge one: logits, loss, gradients, BN state, Architect steps, state_dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, vmap
+
+from unrealnas.benchmarks.opcount import count_ops
+from unrealnas.config import compose_config
+from unrealnas.nas.darts import Architect
+from unrealnas.nas.genotype import UNDECIDED, num_edges
+from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
+from unrealnas.nas.supernet import SuperNet
+
+torch.set_num_threads(1)
+
+# SGAS state of a 4-node cell: decided edges (one op), pruned edges (0 = none), undecided (-1).
+# normal: node 1 has two decided edges (4 -> sep3, 3 -> skip), so its third edge (2) is pruned;
+# every edge from the second cell input (1, 3, 6, 10) is decided, so the first group reads one of two.
+DECIDED_NORMAL = [UNDECIDED, 5, 0, 3, 4, UNDECIDED, 2, 1, UNDECIDED, UNDECIDED, 7, UNDECIDED, 2, 6]
+DECIDED_REDUCE = [3, UNDECIDED, 4, UNDECIDED, UNDECIDED, 6, UNDECIDED, UNDECIDED, 0, 3, UNDECIDED, UNDECIDED,
+                  UNDECIDED, 1]
+
+
+def pair(decided: bool = False, nodes: int = 4, layers: int = 3, seed: int = 0) -> tuple[SuperNet, SuperNet]:
+    """(per_edge, fused) supernets with the same random weights and alphas (and decisions)."""
+    torch.manual_seed(seed)
+    ref = SuperNet(4, 3, layers, nodes, fused=False)
+    with torch.no_grad():
+        for a in ref.arch_parameters():
+            a.normal_(0, 0.7)
+    if decided:
+        ref.set_edge_ops(DECIDED_NORMAL, DECIDED_REDUCE)
+    fused = SuperNet(4, 3, layers, nodes, fused=True)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def batch(n: int = 4, hw: int = 9, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, hw, hw, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def assert_rel_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4, what: str = "") -> None:
+    err = float((a.detach().double() - b.detach().double()).abs().max())
+    scale = float(b.detach().double().abs().max())
+    assert err <= rel * max(scale, 1e-6), f"{what}: max error {err:.3g} vs scale {scale:.3g}"
+
+
+def assert_same_grads(ref: SuperNet, fused: SuperNet, rel: float = 1e-4) -> None:
+    grads = dict(fused.named_parameters())
+    for name, p in ref.named_parameters():
+        q = grads[name]
+        assert (p.grad is None) == (q.grad is None), f"{name}: gradient defined in one engine only"
+        if p.grad is not None:
+            assert_rel_close(q.grad, p.grad, rel, name)
+
+
+def assert_same_state(ref: SuperNet, fused: SuperNet, rel: float = 1e-5) -> None:
+    other = fused.state_dict()
+    for name, t in ref.state_dict().items():
+        if t.dtype == torch.long:
+            assert torch.equal(other[name], t), name
+        else:
+            assert_rel_close(other[name], t, rel, name)
+
+
+@pytest.mark.parametrize("decided", [False, True], ids=["undecided", "sgas"])
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_logits_loss_and_gradients_match_per_edge(decided, train):
+    ref, fused = pair(decided)
+    if not train:
+        x, _ = batch(seed=5)
+        for net in (ref, fused):  # non-trivial running statistics first
+            net(x)
+            net.eval()
+    x, y = batch()
+    out_ref, out = ref(x), fused(x)
+    assert_rel_close(out, out_ref, 1e-4, "logits")
+    loss_ref, loss = ref.criterion(out_ref, y), fused.criterion(out, y)
+    assert_rel_close(loss, loss_ref, 1e-5, "loss")
+    loss_ref.backward()
+    loss.backward()
+    assert_same_grads(ref, fused)
+    assert_same_state(ref, fused)
+    if decided:  # decided and pruned rows get no gradient through their ops' weights in either engine
+        sep3 = PRIMITIVES.index("sep_conv_3x3")
+        w = dict(fused.named_parameters())[f"cells.0.edges.1.ops.{sep3}.op.0.op.1.weight"]
+        assert w.grad is None  # edge 1 is decided to sep_conv_5x5: its sep3 never ran
+
+
+def test_bn_running_stats_and_weights_equal_after_sgd_steps():
+    ref, fused = pair(decided=False)
+    opts = [torch.optim.SGD(n.weight_parameters(), lr=0.05, momentum=0.9, foreach=True) for n in (ref, fused)]
+    for step in range(3):
+        x, y = batch(seed=10 + step)
+        for net, opt in zip((ref, fused), opts, strict=True):
+            opt.zero_grad(set_to_none=True)
+            net.loss(x, y).backward()
+            torch.nn.utils.clip_grad_norm_(net.weight_parameters(), 5.0)
+            opt.step()
+    assert_same_state(ref, fused, rel=1e-4)
+    nbt = [v for k, v in fused.state_dict().items() if k.endswith("num_batches_tracked")]
+    assert nbt and all(int(v) == 3 for v in nbt[1:])  # every BN of a cell saw 3 batches (index 0: stem)
+    x, _ = batch(seed=20)
+    ref.eval()
+    fused.eval()
+    assert_rel_close(fused(x), ref(x), 1e-4, "eval logits after training")
+
+
+@pytest.mark.parametrize("unrolled", [False, True], ids=["first_order", "second_order"])
+def test_architect_step_matches_per_edge(unrolled):
+    ref, fused = pair(decided=True)
+    steps = []
+    for net in (ref, fused):
+        opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, foreach=True)
+        arch = Architect(net, lr=0.05, unrolled=unrolled)
+        xt, yt = batch(seed=3)
+        net.loss(xt, yt).backward()  # a momentum buffer for the virtual step
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        before = [a.detach().clone() for a in net.arch_parameters()]
+        arch.step(*batch(seed=4), xt, yt, opt)
+        steps.append([a.detach() - b for a, b in zip(net.arch_parameters(), before, strict=True)])
+    for d_ref, d in zip(*steps, strict=True):
+        assert d_ref.abs().max() > 0
+        assert_rel_close(d, d_ref, 1e-3, "alpha step")
+    assert_same_state(ref, fused, rel=1e-4)  # same BN state: the virtual passes left it alone in both
+
+
+def test_state_dict_keys_shapes_and_cross_loading():
+    ref, fused = pair(decided=True)
+    sd_ref, sd = ref.state_dict(), fused.state_dict()
+    assert list(sd_ref) == list(sd)
+    assert all(sd_ref[k].shape == sd[k].shape for k in sd)
+    x, _ = batch()
+    ref.eval()
+    fused.eval()
+    # a fused checkpoint into a per-edge net and back: same outputs, decisions restored
+    other = SuperNet(4, 3, 3, 4, fused=False)
+    other.load_state_dict(fused.state_dict())
+    other.eval()
+    assert other.edge_ops("normal") == tuple(DECIDED_NORMAL)
+    assert_rel_close(other(x), fused(x), 1e-4, "per_edge loaded from fused")
+    back = SuperNet(4, 3, 3, 4, fused=True)
+    back.load_state_dict(other.state_dict())
+    back.eval()
+    assert_rel_close(back(x), ref(x), 1e-4, "fused loaded from per_edge")
+
+
+def _explicit_weights(net: SuperNet) -> tuple[torch.Tensor, torch.Tensor]:
+    # softmax rows for undecided edges, one-hot rows for decided ones, zero rows for pruned ones
+    out = []
+    for w, cell_type in zip(net.alpha_softmax(), ("normal", "reduce"), strict=True):
+        rows = []
+        for e, code in enumerate(net.edge_ops(cell_type)):
+            if code == UNDECIDED:
+                rows.append(w[e])
+            else:
+                rows.append(torch.zeros(len(PRIMITIVES)) if code == NONE_INDEX
+                            else torch.nn.functional.one_hot(torch.tensor(code), len(PRIMITIVES)).float())
+        out.append(torch.stack(rows))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("fused_engine", [False, True], ids=["per_edge", "fused"])
+def test_op_weights_path_equals_branching_path(fused_engine):
+    ref, fused = pair(decided=True)
+    net = fused if fused_engine else ref
+    net.eval()  # train mode would update different BN modules (every op runs on every edge)
+    x, _ = batch()
+    ow = _explicit_weights(net)
+    assert_rel_close(net(x, op_weights=ow), net(x), 1e-5, "op_weights vs decisions")
+    # and both engines agree on the op_weights path, gradients included, in training mode
+    ref.train()
+    fused.train()
+    w = [torch.softmax(torch.randn(num_edges(4), len(PRIMITIVES)), -1).requires_grad_() for _ in range(2)]
+    ga = torch.autograd.grad(ref(x, op_weights=tuple(w)).square().sum(), w)
+    gb = torch.autograd.grad(fused(x, op_weights=tuple(w)).square().sum(), w)
+    for a, b in zip(ga, gb, strict=True):
+        assert_rel_close(b, a, 1e-4, "op_weights gradient")
+
+
+@pytest.mark.parametrize("fused_engine", [False, True], ids=["per_edge", "fused"])
+def test_forward_is_vmap_compatible_with_per_seed_buffers(fused_engine):
+    nets = pair(nodes=2)
+    net = nets[fused_engine]
+    x, _ = batch(n=2, hw=8)
+    seeds = 3
+    ws = [torch.softmax(torch.randn(seeds, num_edges(2), len(PRIMITIVES)), -1) for _ in range(2)]
+    params = dict(net.named_parameters())
+    buffers = {k: torch.stack([v] * seeds) for k, v in net.named_buffers()}
+    out = vmap(lambda wn, wr, b: functional_call(net, {**params, **b}, (x,), {"op_weights": (wn, wr)}))(
+        ws[0], ws[1], buffers)
+    for i in range(seeds):
+        own = {k: v.clone() for k, v in net.named_buffers()}
+        ref = functional_call(net, {**params, **own}, (x,), {"op_weights": (ws[0][i], ws[1][i])})
+        assert_rel_close(out[i], ref, 1e-5, f"seed {i}")
+        for k, v in own.items():
+            assert_rel_close(buffers[k][i], v, 1e-5, k)
+
+
+def test_fused_first_order_iteration_on_paper_supernet_dispatches_at_most_6500_ops():
+    from unrealnas.benchmarks.search import build_search_bench, search_iteration
+
+    cfg = compose_config(["preset=paper"])
+    device = torch.device("cpu")
+    b = build_search_bench(cfg.search, 10, 3, 32, device, "baseline", seed=0, batch_size=2)
+    assert b.model.fused and (b.model.layers, b.model.C) == (8, 16)
+    search_iteration(b, device)  # lazy state (plans, index tensors, momentum buffers)
+    counter = count_ops(lambda: search_iteration(b, device))
+    assert counter.total <= 6_500, counter.counts.most_common(20)
+
+
+def test_config_key_selects_the_engine_and_keeps_the_run_id():
+    from unrealnas.errors import ConfigError
+    from unrealnas.search.run import search_run_id
+
+    assert compose_config([]).search.supernet == "fused"
+    with pytest.raises(ConfigError, match="search.supernet.*fused or per_edge"):
+        compose_config(["search.supernet=fast"])
+    # the engine is not part of the search's identity: old run directories resume with either
+    assert search_run_id(compose_config(["search.supernet=per_edge"])) == search_run_id(compose_config([]))
+
+
+def test_channels_last_matches_per_edge():
+    ref, fused = pair(decided=True)
+    x, y = batch()
+    x = x.contiguous(memory_format=torch.channels_last)
+    for net in (ref, fused):
+        net.to(memory_format=torch.channels_last)
+        net.loss(x, y).backward()
+    assert_rel_close(fused(x), ref(x), 1e-4, "channels_last logits")
+    assert_same_grads(ref, fused)
+
+
+def test_bench_search_rows_compare_engines_side_by_side():
+    from unrealnas.benchmarks import search as search_bench
+    from unrealnas.errors import ConfigError
+
+    cfg = compose_config(["preset=smoke", "search.layers=3", "search.init_channels=2", "search.batch_size=2",
+                          "search.resolution=8"])
+    rows = search_bench.bench_method(cfg, "darts", torch.device("cpu"), steps=1, warmup=0, compile_=False,
+                                     supernets=["per_edge", "fused"])
+    assert [(r["variant"], r["supernet"]) for r in rows] == [("baseline", "per_edge"), ("baseline", "fused"),
+                                                            ("optimised", "per_edge"), ("optimised", "fused")]
+    per_edge, fused = rows[0], rows[1]
+    assert fused["ops_per_iter"] < per_edge["ops_per_iter"] and 0 < fused["kernel_ops"] < fused["ops_per_iter"]
+    assert fused["ops_vs_per_edge"] == pytest.approx(per_edge["ops_per_iter"] / fused["ops_per_iter"])
+    assert fused["vs_per_edge"] > 0 and per_edge["vs_per_edge"] is None
+    with pytest.raises(ConfigError, match="unknown supernet"):
+        search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, supernets=["fast"])

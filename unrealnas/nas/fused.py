@@ -1,0 +1,473 @@
+"""The fused search cell: the edges that read the same state run their candidate ops as one set of kernels.
+
+Same parameters as the per-edge cell (``SearchCell``, the readable reference): every kernel's weight
+is built inside forward by stacking the per-edge parameters, so ``state_dict()`` keys, shapes and
+checkpoints are those of the per-edge supernet. Edges are grouped by the state they read; with
+4 nodes the 14 edges of a cell form 4 groups, each run as one chain of kernels::
+
+    group 0: s0, s1 -> nodes 0..3 (8 edges; stride 2 in a reduction cell; s0, s1 share one BN)
+    group 1: node 0 -> nodes 1..3 (3 edges)      group 2: node 1 -> nodes 2, 3 (2 edges)
+    group 3: node 2 -> node 3     (1 edge)
+
+    inside a group of E edges (channel blocks of C, stacked edge-major):
+
+    x ─ relu ─ index [e: 2 copies] ─┬─ dw 5x5       [e: sep3 (3x3 zero-padded), sep5] ─ 1x1 (2E groups)
+     │                              │                                    ─ BN ─ relu ─ dw 5x5 [e: sep3, sep5] ─┐
+     │                              └─ dw 5x5 dil 2 [e: dil3 (zero-padded), dil5] ─────────────────────────────┤
+     │                                   cat [e: sep3, sep5] [e: dil3, dil5] ─ 1x1 (4E groups) ─ q ────────────┤
+     ├─ max pool ─ [source] (training; eval: [e], each edge's own running statistics) ─────────────────────────┤
+     ├─ avg pool ─ [source] ───────────────────────────────────────────────────────────────────────────────────┤
+     ├─ relu, even | odd pixels ─ index [e] ─ 1x1 (2E groups): skips of stride-2 edges (FactorizedReduce) ─────┤
+     │                                                                       cat ─ one non-affine BN ─ z ──────┤
+     └─ identity skip (stride 1) ─────────────────────────────────────────────────────────────── cat [z, x] ───┤
+                     weighted op sum and node sums: one batched matmul, (nodes fed, rows) @ rows ──────────────┘
+
+The 5x5 depthwise kernels are exact: a zero-padded 3x3 kernel with padding 2 computes the 3x3 conv
+with padding 1, and dil_conv_3x3 (3x3, dilation 2, padding 2) is a zero-padded 5x5 with dilation 2,
+padding 4, as dil_conv_5x5. ``none`` is never computed. Non-affine BN normalises each channel by its
+own batch statistics, so one BN over the stacked channels is the per-edge math; in training the
+running statistics of every per-edge BN module are updated from the batch statistics once per
+forward (``BatchNormStats``). The op weights enter only through the matmul's coefficients, one
+linear map of softmax(alpha) per cell type (``CellPlan.coefficients``). SGAS-decided edges run their
+one op alone (weight 1) and pruned edges not at all, as in the per-edge cell; with explicit
+``op_weights`` every edge is fused, with no branching on decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from unrealnas.nas.genotype import UNDECIDED
+from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES, FactorizedReduce, ReLUConvBN
+
+_OP = {name: PRIMITIVES.index(name) for name in PRIMITIVES}
+SEP3, SEP5, DIL3, DIL5 = _OP["sep_conv_3x3"], _OP["sep_conv_5x5"], _OP["dil_conv_3x3"], _OP["dil_conv_5x5"]
+MAX, AVG, SKIP = _OP["max_pool_3x3"], _OP["avg_pool_3x3"], _OP["skip_connect"]
+if set(PRIMITIVES) != {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+                       "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}:
+    raise ImportError("the fused supernet implements the 8 DARTS ops; extend unrealnas.nas.fused first")
+
+
+# ----------------------------------------------------------------------------- BN statistics
+
+
+class BatchNormStats:
+    """Non-affine BN over stacked channels, with the running statistics of the per-edge modules.
+
+    In training, ``normalize`` uses batch statistics and remembers them; ``flush`` then updates every
+    per-edge module's running mean/var (momentum and the unbiased variance of ``nn.BatchNorm2d``) and
+    ``num_batches_tracked`` with three foreach ops for the whole forward. A channel block may stand
+    for several modules (the pooling BNs of the edges that read one state see the same batch, so
+    in training one block serves them all). In eval mode it normalises with the concatenated running
+    statistics of the modules (one module per block).
+    """
+
+    def __init__(self, training: bool) -> None:
+        self.training = training
+        self.blocks: list[Sequence[nn.BatchNorm2d]] = []
+        self.means: list[torch.Tensor] = []
+        self.invstds: list[torch.Tensor] = []
+        self.counts: list[tuple[int, int]] = []  # (channels, values per channel) per normalize call
+        self.sizes: list[int] = []  # channels per block
+
+    def normalize(self, x: torch.Tensor, blocks: Sequence[Sequence[nn.BatchNorm2d]]) -> torch.Tensor:
+        """BN of ``x`` (N, channels, H, W); the k-th channel block belongs to the modules ``blocks[k]``."""
+        eps = blocks[0][0].eps
+        if not self.training:
+            if any(len(b) != 1 for b in blocks):
+                raise ValueError("eval-mode BN needs one module per channel block (its own running statistics)")
+            mean = torch.cat([b[0].running_mean for b in blocks])
+            var = torch.cat([b[0].running_var for b in blocks])
+            return F.batch_norm(x, mean, var, None, None, False, 0.0, eps)
+        out, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+        self.blocks.extend(blocks)
+        self.sizes += [x.shape[1] // len(blocks)] * len(blocks)
+        self.means.append(mean)
+        self.invstds.append(invstd)
+        self.counts.append((x.shape[1], x.numel() // x.shape[1]))
+        return out
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply the remembered batch statistics to the per-edge modules' running buffers."""
+        if not self.blocks:
+            return
+        first = next(m for b in self.blocks for m in b)
+        eps, momentum = first.eps, first.momentum
+        sizes = self.sizes
+        mean = torch.cat(self.means)
+        invstd = torch.cat(self.invstds)
+        # nn.BatchNorm2d keeps the unbiased variance: biased var = invstd^-2 - eps, times n / (n - 1).
+        factor = _unbiased_factor(self.counts, invstd)
+        var = (invstd.pow(-2) - eps) * factor
+        dtype = first.running_mean.dtype
+        mean_blocks, var_blocks = mean.to(dtype).split(sizes), var.to(dtype).split(sizes)
+        pairs = [(m, k) for k, b in enumerate(self.blocks) for m in b]
+        means, vars_ = [mean_blocks[k] for _, k in pairs], [var_blocks[k] for _, k in pairs]
+        rms, rvs = [m.running_mean for m, _ in pairs], [m.running_var for m, _ in pairs]
+        counters = [m.num_batches_tracked for m, _ in pairs]
+        if torch._C._functorch.is_batchedtensor(mean):
+            # under vmap (packed seeds: per-seed buffers) foreach ops have no batching rule
+            for r, t in zip(rms + rvs, means + vars_, strict=True):
+                r.mul_(1.0 - momentum).add_(t, alpha=momentum)  # lerp_ has no batching rule
+            for c in counters:
+                c.add_(1)
+            self._clear()
+            return
+        torch._foreach_lerp_(rms, means, momentum)
+        torch._foreach_lerp_(rvs, vars_, momentum)
+        torch._foreach_add_(counters, 1)
+        self._clear()
+
+    def _clear(self) -> None:
+        self.blocks, self.means, self.invstds, self.counts, self.sizes = [], [], [], [], []
+
+
+_FACTORS: dict[tuple, torch.Tensor] = {}
+
+
+def _unbiased_factor(counts: list[tuple[int, int]], like: torch.Tensor) -> torch.Tensor:
+    # n / (n - 1) per channel, a constant of the shapes: built once per shape signature and device.
+    key = (tuple(counts), like.device, like.dtype)
+    f = _FACTORS.get(key)
+    if f is None:
+        f = torch.cat([torch.full((c,), n / max(n - 1, 1), dtype=like.dtype) for c, n in counts]).to(like.device)
+        if len(_FACTORS) > 64:
+            _FACTORS.clear()
+        _FACTORS[key] = f
+    return f
+
+
+def check_batchnorms(cell: nn.Module) -> None:
+    """Raise TypeError unless every BN of a search cell is one ``BatchNormStats`` stands in for."""
+    for m in cell.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not (
+                isinstance(m, nn.BatchNorm2d) and m.affine is False and m.track_running_stats
+                and isinstance(m.momentum, float) and m.eps == 1e-5):
+            raise TypeError(f"the fused supernet needs non-affine BatchNorm2d (momentum, eps 1e-5), got {m}")
+
+
+# ----------------------------------------------------------------------------- the plan of a cell
+
+
+@dataclass
+class Group:
+    """The fused edges that read one or two states (see the module docstring)."""
+
+    sources: tuple[int, ...]  # state indices read (0, 1 = the cell inputs; 2 + i = node i)
+    edges: tuple[int, ...]  # fused edge indices, in stacking order
+    src_pos: tuple[int, ...]  # per edge: position of its source in ``sources``
+    node0: int  # first node this group feeds; its output has one slot per node node0..nodes-1
+    stride: int
+    index: dict[tuple, torch.Tensor] = field(default_factory=dict)  # cached channel indices per device
+
+    def rows(self, training: bool) -> list[tuple[tuple[int, ...], int]]:
+        """(edge positions, op) of each C-channel block of the batch-normalised stack ``z``, in order.
+
+        In training a pooling block serves every edge of its source (same batch statistics); in eval
+        each edge has its own (its own running statistics).
+        """
+        E = range(len(self.edges))
+        rows = [((k,), op) for k in E for op in (SEP3, SEP5)] + [((k,), op) for k in E for op in (DIL3, DIL5)]
+        if training:
+            rows += [(tuple(k for k in E if self.src_pos[k] == p), op) for op in (MAX, AVG)
+                     for p in range(len(self.sources))]
+        else:
+            rows += [((k,), op) for op in (MAX, AVG) for k in E]
+        return rows + ([((k,), SKIP) for k in E] if self.stride == 2 else [])
+
+    def idx(self, name: str, C: int, device: torch.device) -> torch.Tensor:
+        """Channel indices into the stacked sources (C channels each): ``rep`` (conv input per edge
+        and conv chain), ``pool`` (max then avg pool per edge), ``fr`` (even then odd pixels per edge)."""
+        key = (name, C, device)
+        t = self.index.get(key)
+        if t is None:
+            S = len(self.sources)
+            if name == "rep":
+                blocks = [p for p in self.src_pos for _ in range(2)]
+            elif name == "pool":
+                blocks = [k * S + p for k in range(2) for p in self.src_pos]
+            else:
+                blocks = [k * S + p for p in self.src_pos for k in range(2)]
+            vals = [b * C + c for b in blocks for c in range(C)]
+            t = self.index[key] = torch.tensor(vals, dtype=torch.long, device=device)
+        return t
+
+
+@dataclass
+class CellPlan:
+    """Which edges of a cell are fused (in which group), which run one decided op, and the weight map."""
+
+    nodes: int
+    groups: list[Group]
+    single: list[tuple[int, int]]  # (edge, op) of SGAS-decided edges, run alone with weight 1
+    # per training mode: nonzero entries of the weight map, (row of coef, edge*ops+op), and per group
+    # the size of its (slots, rows [+ sources]) coefficient block
+    coef_index: dict[bool, list[tuple[int, int]]]
+    coef_sizes: dict[bool, list[int]]
+    maps: dict[tuple, torch.Tensor] = field(default_factory=dict)
+    modules: dict[nn.Module, CellModules] = field(default_factory=dict)  # per cell that runs this plan
+
+    @property
+    def fused_edges(self) -> list[int]:
+        """Every fused edge, group-major (the stacking order of the per-cell weights)."""
+        return [e for g in self.groups for e in g.edges]
+
+    def coefficients(self, w: torch.Tensor, training: bool) -> list[torch.Tensor]:
+        """Per group its (slots, rows [+ sources]) weights of ``z`` [and the identity skips], from w (edges, ops)."""
+        key = (w.device, w.dtype, training)
+        gmap = self.maps.get(key)
+        if gmap is None:
+            gmap = torch.zeros(sum(self.coef_sizes[training]), w.shape[0] * w.shape[1], dtype=w.dtype)
+            for r, c in self.coef_index[training]:
+                gmap[r, c] = 1.0
+            gmap = self.maps[key] = gmap.to(w.device)
+        flat = torch.mv(gmap, w.reshape(-1)).split(self.coef_sizes[training])
+        return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
+
+
+def make_plan(nodes: int, reduction: bool, edge_ops: Sequence[int], n_ops: int) -> CellPlan:
+    """The fused layout of a cell for SGAS codes ``edge_ops`` (all UNDECIDED: every edge fused)."""
+    edge_of: dict[tuple[int, int], int] = {}  # (node i, state j) -> edge, numbered as in SearchCell
+    for i in range(nodes):
+        for j in range(i + 2):
+            edge_of[(i, j)] = len(edge_of)
+    single = [(e, edge_ops[e]) for e in edge_of.values() if edge_ops[e] not in (UNDECIDED, NONE_INDEX)]
+    groups: list[Group] = []
+    coef_index: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
+    coef_sizes: dict[bool, list[int]] = {True: [], False: []}
+    for sources in [(0, 1)] + [(s,) for s in range(2, nodes + 1)]:
+        node0 = 0 if sources == (0, 1) else sources[0] - 1
+        members = sorted((e, sources.index(j), i) for (i, j), e in edge_of.items()
+                         if j in sources and edge_ops[e] == UNDECIDED)
+        if not members:
+            continue
+        stride = 2 if reduction and sources == (0, 1) else 1
+        g = Group(sources, tuple(m[0] for m in members), tuple(m[1] for m in members), node0, stride)
+        slots = nodes - node0
+        for training in (True, False):
+            index, row0 = coef_index[training], sum(coef_sizes[training])
+            rows = g.rows(training)
+            width = len(rows) + (len(sources) if stride == 1 else 0)
+            for r, (ks, op) in enumerate(rows):  # coef[slot, r] = w[edge, op] for the node each edge feeds
+                for k in ks:
+                    edge, _, node = members[k]
+                    index.append((row0 + (node - node0) * width + r, edge * n_ops + op))
+            if stride == 1:  # identity skips: coef[slot, rows + source]
+                for edge, pos, node in members:
+                    index.append((row0 + (node - node0) * width + len(rows) + pos, edge * n_ops + SKIP))
+            coef_sizes[training].append(slots * width)
+        groups.append(g)
+    return CellPlan(nodes, groups, single, coef_index, coef_sizes)
+
+
+# ----------------------------------------------------------------------------- weights
+
+
+class _StackParams(torch.autograd.Function):
+    """``torch.stack`` of per-edge parameters whose backward is one ``unbind`` (not one select each)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*ws: torch.Tensor) -> torch.Tensor:  # noqa: D102 - autograd.Function protocol
+        return torch.stack(ws)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: D102
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # noqa: D102
+        return grad.unbind(0)
+
+
+@dataclass
+class _GroupModules:
+    act1: nn.Module  # the ReLU every conv op of the group starts with
+    act2: nn.Module  # the ReLU of the second separable stage
+    max_pool: nn.Module
+    avg_pool: nn.Module
+    bn1: list[list[nn.BatchNorm2d]]  # BN blocks after the first pointwise conv
+    bnz: dict[bool, list[list[nn.BatchNorm2d]]]  # BN blocks of ``z``, per training mode
+
+
+@dataclass
+class CellModules:
+    """The per-edge modules the fused kernels of one cell read, in stacking order (looked up once)."""
+
+    dw_small: list[nn.Module]  # 3x3 depthwise convs (zero-padded to 5x5), kind-major then group-major
+    dw_large: list[nn.Module]  # the 5x5 partner of each
+    dw_sizes: list[int]
+    pw: list[nn.Module]
+    pw_sizes: list[int]
+    fr: list[nn.Module]  # FactorizedReduce convs of the strided group (conv_1, conv_2 per edge)
+    groups: list[_GroupModules]
+    pre_bn: list[nn.BatchNorm2d]
+    single: list[tuple[int, int, nn.Module]]  # (node, source state, op module) of decided edges
+
+
+def cell_modules(cell: nn.Module, plan: CellPlan) -> CellModules:
+    """The modules of ``cell`` that ``plan`` fuses, cached on the plan (module lookups cost Python time)."""
+    cm = plan.modules.get(cell)
+    if cm is not None:
+        return cm
+    C = cell.C
+    per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
+    kinds = (lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1]),
+             lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1]),
+             lambda o: (o[DIL3].op[1], o[DIL5].op[1]))
+    pairs = [pair(o) for pair in kinds for ops in per_group for o in ops]
+    pw = []
+    for ops in per_group:
+        pw += [m.op[0].op[2] for o in ops for m in (o[SEP3], o[SEP5])]
+        pw += [m.op[1].op[2] for o in ops for m in (o[SEP3], o[SEP5])]
+        pw += [m.op[2] for o in ops for m in (o[DIL3], o[DIL5])]
+    fr = [c for g, ops in zip(plan.groups, per_group, strict=True) if g.stride == 2
+          for o in ops for c in (o[SKIP].conv_1, o[SKIP].conv_2)]
+    groups = []
+    for g, ops in zip(plan.groups, per_group, strict=True):
+        first = ops[0]
+        # Activation and pooling are the group's own modules (the same on every edge, as SuperNet builds
+        # them), so a network whose modules were swapped (tests: softplus for a smooth net) fuses too.
+        groups.append(_GroupModules(
+            first[SEP3].op[0].op[0], first[SEP3].op[1].op[0], first[MAX][0], first[AVG][0],
+            [[m[op].op[0].op[3]] for m in ops for op in (SEP3, SEP5)],
+            {t: [[_bn_of(ops[j], op) for j in ks] for ks, op in g.rows(t)] for t in (True, False)}))
+    pre_bn = []
+    for m in (cell.preprocess0, cell.preprocess1):
+        if not isinstance(m, FactorizedReduce | ReLUConvBN):
+            raise TypeError(f"the fused supernet preprocesses with ReLUConvBN or FactorizedReduce, got {m}")
+        pre_bn.append(m.bn if isinstance(m, FactorizedReduce) else m.op[2])
+    edge_src = [(i, j) for i in range(plan.nodes) for j in range(i + 2)]
+    single = [(*edge_src[e], cell.edges[e].ops[op]) for e, op in plan.single]
+    cm = plan.modules[cell] = CellModules(
+        [a for a, _ in pairs], [b for _, b in pairs], [2 * len(ops) * C for _ in kinds for ops in per_group],
+        pw, [s * C for ops in per_group for s in (2 * len(ops), 4 * len(ops))], fr, groups, pre_bn, single)
+    return cm
+
+
+def cell_weights(cm: CellModules, C: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per-group kernel weights stacked from the per-edge parameters (read now, so functional calls work).
+
+    Depthwise: one 5x5 tensor for all of the cell, 3x3 kernels zero-padded; each group's ``dw1``,
+    ``dw2``, ``dwd`` is ``[e, (sep3 | sep5) or (dil3 | dil5), C]``. Pointwise: ``pw1`` is
+    ``[e, (sep3 | sep5)]``, ``pw2`` is ``[e, (sep3 | sep5)]`` then ``[e, (dil3 | dil5)]``.
+    """
+    small = F.pad(_StackParams.apply(*[m.weight for m in cm.dw_small]), (1, 1, 1, 1))
+    dw = torch.stack([small, _StackParams.apply(*[m.weight for m in cm.dw_large])], 1).view(-1, 1, 5, 5)
+    chunks = dw.split(cm.dw_sizes)
+    n = len(cm.groups)
+    out = {name: chunks[k * n:(k + 1) * n] for k, name in enumerate(("dw1", "dw2", "dwd"))}
+    chunks = _StackParams.apply(*[m.weight for m in cm.pw]).view(-1, C, 1, 1).split(cm.pw_sizes)
+    out["pw1"], out["pw2"] = chunks[0::2], chunks[1::2]
+    if cm.fr:  # only the first group of a reduction cell; its skips are FactorizedReduce
+        out["fr"] = (_StackParams.apply(*[m.weight for m in cm.fr]).view(-1, C, 1, 1),)
+    return out
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def _group_forward(C: int, g: Group, gm: _GroupModules, k: int, x: torch.Tensor,
+                   weights: dict[str, tuple[torch.Tensor, ...]], coef: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
+    """Contributions (N, slots, C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1."""
+    N = x.shape[0]
+    E, st = len(g.edges), g.stride
+    dev = x.device
+    xr = gm.act1(x)
+    rep = xr.index_select(1, g.idx("rep", C, dev))  # [e, 2 chains, C]
+    d1 = F.conv2d(rep, weights["dw1"][k], stride=st, padding=2, groups=2 * E * C)
+    dd = F.conv2d(rep, weights["dwd"][k], stride=st, padding=4, dilation=2, groups=2 * E * C)
+    b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E), gm.bn1)
+    d2 = F.conv2d(gm.act2(b1), weights["dw2"][k], padding=2, groups=2 * E * C)
+    q = F.conv2d(torch.cat([d2, dd], 1), weights["pw2"][k], groups=4 * E)
+    pools = [gm.max_pool(x), gm.avg_pool(x)]
+    if bn.training:  # one block per (pool, source): see Group.rows
+        parts = [q, *pools]
+    else:
+        parts = [q, torch.cat(pools, 1).index_select(1, g.idx("pool", C, dev))]
+    if st == 2:
+        parts.append(_factorized_reduce(xr, g, weights["fr"][0]))
+    z = bn.normalize(torch.cat(parts, 1), gm.bnz[bn.training])
+    if st == 1:  # the identity skips join the stack after BN (one copy instead of a second matmul)
+        z = torch.cat([z, x], 1)
+    # weighted op sum and node sums in one batched matmul: (slots, rows) @ (rows, C*H*W) per image
+    # (coef follows z: a float64 network gets fp32 alpha softmax weights, as the per-edge path promotes)
+    out = torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.reshape(N, coef.shape[1], -1))
+    return out.view(N, -1, C, *z.shape[-2:])
+
+
+def _bn_of(ops: nn.ModuleList, op: int) -> nn.Module:
+    # the BN that ends op ``op`` of an edge (the second one of a separable conv)
+    if op in (SEP3, SEP5):
+        return ops[op].op[1].op[3]
+    if op in (DIL3, DIL5):
+        return ops[op].op[3]
+    if op in (MAX, AVG):
+        return ops[op][1]
+    return ops[op].bn  # FactorizedReduce skip
+
+
+def _preprocess_convs(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    # the conv outputs of a ReLUConvBN or FactorizedReduce cell-input preprocessing, before its BN
+    if isinstance(m, FactorizedReduce):
+        x = m.relu(x)
+        shifted = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)) if (x.shape[-1] % 2 or x.shape[-2] % 2) else x
+        return [m.conv_1(x), m.conv_2(shifted[:, :, 1:, 1:])]
+    return [m.op[1](m.op[0](x))]
+
+
+def _preprocess(cell: nn.Module, cm: CellModules, s0: torch.Tensor, s1: torch.Tensor,
+                bn: BatchNormStats) -> torch.Tensor:
+    """Both preprocessed cell inputs stacked (N, 2C, H, W), with one BN: the first group's input."""
+    convs = _preprocess_convs(cell.preprocess0, s0) + _preprocess_convs(cell.preprocess1, s1)
+    return bn.normalize(torch.cat(convs, 1), [[m] for m in cm.pre_bn])
+
+
+def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torch.Tensor:
+    """The FactorizedReduce convs of the group's edges (before their BN): (N, E*C, H/2, W/2)."""
+    H, W = xr.shape[-2:]
+    shifted = F.pad(xr, (0, W % 2, 0, H % 2)) if (H % 2 or W % 2) else xr
+    both = torch.cat([xr[:, :, ::2, ::2], shifted[:, :, 1::2, 1::2]], 1)  # [parity, source, C]
+    return F.conv2d(both.index_select(1, g.idx("fr", xr.shape[1] // len(g.sources), xr.device)), weight, groups=2 * len(g.edges))
+
+
+def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
+                       coefs: list[torch.Tensor], bn: BatchNormStats) -> torch.Tensor:
+    """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels."""
+    cm = cell_modules(cell, plan)
+    inputs = _preprocess(cell, cm, s0, s1, bn)
+    C = cell.C
+    # the two inputs on their own only for decided edges (the first group reads them stacked)
+    states = [inputs[:, :C], inputs[:, C:]] if plan.single else [None, None]
+    weights = cell_weights(cm, C) if plan.groups else {}
+    contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]
+    by_first_source = {g.sources[0]: k for k, g in enumerate(plan.groups)}
+    for s in range(plan.nodes + 2):
+        if s >= 2:  # state s is node s - 2: every contribution to it is in
+            node = s - 2
+            if not contrib[node]:
+                raise RuntimeError(f"node {node} of a search cell has every incoming edge pruned")
+            total = contrib[node][0]
+            for t in contrib[node][1:]:
+                total = total + t
+            states.append(total)
+        if s == 1 or s > plan.nodes:
+            continue  # the cell inputs are one group, run at s == 0; the last node feeds no edge
+        if s in by_first_source:
+            k = by_first_source[s]
+            g = plan.groups[k]
+            x = inputs if s == 0 else states[s]
+            out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn)
+            for slot, t in enumerate(out.unbind(1)):
+                contrib[g.node0 + slot].append(t)
+        for i, j, op in cm.single:
+            if j == s or (s == 0 and j == 1):
+                contrib[i].append(op(states[j]))
+    return torch.cat(states[2:], dim=1)
