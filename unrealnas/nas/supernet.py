@@ -176,9 +176,20 @@ class SuperNet(nn.Module):
         """Softmax over ops of (alpha_normal, alpha_reduce), in fp32."""
         return F.softmax(self.alpha_normal.float(), dim=-1), F.softmax(self.alpha_reduce.float(), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits for images ``x`` (N, in_channels, H, W)."""
-        w_normal, w_reduce = self.alpha_softmax()
+    def forward(self, x: torch.Tensor,
+                op_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Class logits for images ``x`` (N, in_channels, H, W).
+
+        ``op_weights=(w_normal, w_reduce)`` ((edges, ops) each) replaces softmax(alpha) and the SGAS
+        branching: every non-``none`` op of every edge runs, weighted by its row (a pruned edge is a
+        zero row, a decided edge a one-hot row), so the code path is the same for every state (vmap).
+        """
+        if op_weights is None:
+            w_normal, w_reduce = self.alpha_softmax()
+            edge_ops = self._edge_ops
+        else:
+            w_normal, w_reduce = op_weights
+            edge_ops = {t: [UNDECIDED] * len(self._edge_ops[t]) for t in CELL_TYPES}
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             # Weights in the autocast dtype, cast once: an fp32 scalar would make autocast
@@ -191,7 +202,7 @@ class SuperNet(nn.Module):
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             cell_type = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, rows[cell_type], self._edge_ops[cell_type])
+            s0, s1 = s1, cell(s0, s1, rows[cell_type], edge_ops[cell_type])
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)
 

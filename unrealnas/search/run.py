@@ -322,6 +322,10 @@ def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
 def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Run (or resume, or skip if finished) the search ``cfg`` describes; returns its run directory."""
     say = progress or (lambda _m: None)
+    if cfg.get("seeds") is not None:  # packed seeds: S runs in one process (unrealnas.search.packed)
+        from unrealnas.search.packed import packed_seeds, run_packed
+
+        return run_packed(cfg, packed_seeds(cfg) or [], say)[0]
     run_dir = search_run_dir(cfg)
     if is_complete(run_dir):
         say(f"{run_dir}: already completed, nothing to do")

@@ -1,0 +1,117 @@
+"""Packed seeds: S searches in one process equal S single runs, resume exactly, and refuse bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import smoke_overrides
+from unrealnas.config import compose_config
+from unrealnas.errors import ConfigError
+from unrealnas.io import read_jsonl
+from unrealnas.nas.supernet import SuperNet
+from unrealnas.search.packed import run_packed, seed_config
+from unrealnas.search.packed_net import PackedSuperNet, packed_losses, seed_slice
+from unrealnas.search.run import FAULT_ENV, run_search, search_run_dir
+
+TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
+        "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=2"]
+SGAS = ["search=sgas_c2", "search.epochs=3", "search.sgas.warmup_dec_epoch=1", "search.sgas.decision_freq=1"]
+
+
+def _overrides(tmp_path, *extra):
+    return smoke_overrides(tmp_path, *TINY, *extra)
+
+
+def _result(run_dir):
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def test_packed_net_matches_each_supernet():
+    """Logits, losses and every weight and alpha gradient of each seed equal its own SuperNet's."""
+    nets = []
+    for s in range(3):
+        torch.manual_seed(s)
+        nets.append(SuperNet(2, 10, 3, alpha_init="randn"))
+    packed = PackedSuperNet(nets)
+    x, y = torch.randn(8, 3, 3, 9, 9), torch.randint(0, 10, (8, 3))
+    alphas = [torch.stack([getattr(n, a).detach() for n in nets]).requires_grad_() for a in ("alpha_normal", "alpha_reduce")]
+    loss = packed_losses(packed(x.view(8, 9, 9, 9), tuple(torch.softmax(a, -1) for a in alphas)), y)
+    names = [n for n, _ in packed.named_parameters()]
+    grads = torch.autograd.grad(loss.sum(), [*packed.parameters(), *alphas])
+    for s, net in enumerate(nets):
+        ref = net.loss(x[:, s], y[:, s])
+        params = dict(net.named_parameters())
+        ref_grads = torch.autograd.grad(ref, [params[n] for n in names] + net.arch_parameters())
+        assert float(loss[s]) == pytest.approx(float(ref), rel=1e-5)
+        for g, r in zip(grads[:-2], ref_grads[:-2], strict=True):
+            torch.testing.assert_close(seed_slice(g, 3, s, r.shape), r, rtol=1e-4, atol=1e-6)
+        for i in range(2):
+            torch.testing.assert_close(grads[-2 + i][s], ref_grads[-2 + i], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["darts", "sgas_c2"])
+def test_packed_equals_single_runs(tmp_path, method):
+    """seeds=[0,1] writes the run dirs of seed=0 and seed=1 with the same alphas, genotypes and metrics."""
+    # 2 decision epochs: later SGAS decisions at this size are near ties that fp32 rounding can flip
+    extra = [*SGAS, "search.epochs=2"] if method.startswith("sgas") else []
+    cfg = compose_config(_overrides(tmp_path / "p", *extra, "seeds=[0,1]"))
+    dirs = run_packed(cfg, [0, 1])
+    for seed, d in zip([0, 1], dirs, strict=True):
+        single = run_search(compose_config(_overrides(tmp_path / "s", *extra, f"seed={seed}")))
+        assert d.name == single.name
+        a, b = _result(d), _result(single)
+        assert a["genotype_json"] == b["genotype_json"]
+        for t in ("normal", "reduce"):
+            torch.testing.assert_close(torch.tensor(a["alphas"][t]), torch.tensor(b["alphas"][t]), rtol=0, atol=1e-4)
+        if method.startswith("sgas"):
+            assert a["sgas"]["edge_ops"] == b["sgas"]["edge_ops"] and a["sgas"]["num_decisions"] >= 2
+        ra, rb = read_jsonl(d / "metrics.jsonl"), read_jsonl(single / "metrics.jsonl")
+        assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
+        assert [r["train_loss"] for r in ra] == pytest.approx([r["train_loss"] for r in rb], rel=1e-4)
+        assert [r["val_acc"] for r in ra] == pytest.approx([r["val_acc"] for r in rb], abs=1e-6)
+        # the per-seed checkpoint is an ordinary one: its weights within rounding (12 SGD steps amplify it)
+        ca = torch.load(d / "checkpoint.pt", weights_only=True)["model"]
+        cb = torch.load(single / "checkpoint.pt", weights_only=True)["model"]
+        for k, v in cb.items():
+            if v.is_floating_point() and ".ops." not in k:
+                torch.testing.assert_close(ca[k], v, rtol=1e-3, atol=1e-3)
+
+
+def test_packed_sigkill_resumes_like_uninterrupted(tmp_path):
+    extra = [*SGAS, "search.checkpoint_every=2"]
+    straight = run_packed(compose_config(_overrides(tmp_path / "a", *extra, "seeds=[0,1]")), [0, 1])
+    overrides = _overrides(tmp_path / "b", *extra, "seeds=[0,1]")
+    cmd = [sys.executable, "-m", "unrealnas", "search", *overrides]
+    killed = subprocess.run(cmd, env={**os.environ, FAULT_ENV: "7"}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at epoch" in resumed.stderr and "packing 2 seeds" in resumed.stderr
+    cfg = compose_config(overrides)
+    for seed, ref in zip([0, 1], straight, strict=True):
+        run_dir = search_run_dir(seed_config(cfg, seed))
+        a, b = _result(ref), _result(run_dir)
+        assert a["alphas"] == b["alphas"] and a["genotype_json"] == b["genotype_json"]
+        assert a["sgas"]["edge_ops"] == b["sgas"]["edge_ops"]
+        rows = read_jsonl(run_dir / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == list(range(4))
+        assert [r["train_loss"] for r in rows] == pytest.approx([r["train_loss"] for r in read_jsonl(ref / "metrics.jsonl")],
+                                                                rel=1e-6)
+
+
+def test_bad_seed_lists_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="distinct"):
+        run_search(compose_config(_overrides(tmp_path, "seeds=[1,1]")))
+    with pytest.raises(ConfigError, match="darts2"):
+        run_search(compose_config(_overrides(tmp_path, "search=darts2", "seeds=[0,1]")))
+    base = [sys.executable, "-m", "unrealnas", "search", *_overrides(tmp_path)]
+    for args, needle in ((["seeds=[0,1]", "seed=3"], "either the list or one seed"), (["seeds=[2,2]"], "distinct")):
+        out = subprocess.run(base + args, capture_output=True, text=True)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], out.stderr
+    assert not (tmp_path / "runs").exists()
