@@ -109,7 +109,9 @@ def test_bad_seed_lists_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="darts2"):
         run_search(compose_config(_overrides(tmp_path, "search=darts2", "seeds=[0,1]")))
     base = [sys.executable, "-m", "unrealnas", "search", *_overrides(tmp_path)]
-    for args, needle in ((["seeds=[0,1]", "seed=3"], "either the list or one seed"), (["seeds=[2,2]"], "distinct")):
+    cases = ((["seeds=[0,1]", "seed=3"], "either the list or one seed"), (["seeds=[2,2]"], "distinct"),
+             (["search.cuda_graph=on"], "needs a CUDA device"), (["search.cuda_graph=yes"], "auto, on or off"))
+    for args, needle in cases:
         out = subprocess.run(base + args, capture_output=True, text=True)
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()

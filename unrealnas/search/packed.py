@@ -19,6 +19,7 @@ steps): ``search=darts2`` with ``seeds=[...]`` is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -35,7 +36,8 @@ from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
 from unrealnas.nas.supernet import CELL_TYPES
-from unrealnas.runtime import autocast_for, provenance
+from unrealnas.runtime import autocast_for, provenance, resolve_device
+from unrealnas.search.graphs import GraphedStep, use_cuda_graph
 from unrealnas.search.packed_net import PackedSuperNet, op_weight_rows, packed_losses
 from unrealnas.search.run import (
     FAULT_ENV,
@@ -85,6 +87,7 @@ class PackedSearch:
         r0 = self.runs[0]
         self.cfg, self.device, self.say = r0.cfg, r0.device, r0.say
         s = self.cfg.search
+        self.cuda_graph = use_cuda_graph(str(s.cuda_graph), self.device, str(s.method))
         self.net = PackedSuperNet([r.model for r in self.runs]).to(self.device)
         if r0.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -111,7 +114,9 @@ class PackedSearch:
         self.alphas = [torch.stack([r.model.arch_parameters()[i].detach() for r in self.runs]).requires_grad_()
                        for i in range(len(CELL_TYPES))]
         self.arch_optimizer = torch.optim.Adam(self.alphas, lr=a["lr"], betas=a["betas"],
-                                               weight_decay=a["weight_decay"])
+                                               weight_decay=a["weight_decay"], capturable=self.cuda_graph)
+        self.graphed = GraphedStep(self.iteration) if self.cuda_graph else None
+        self.decisions_version = 0
         self.fixed: list[torch.Tensor] | None = None
         self.undecided: list[torch.Tensor] | None = None
         self.frozen_rows: list[torch.Tensor] | None = None
@@ -140,8 +145,9 @@ class PackedSearch:
         for i, a in enumerate(self.alphas):
             per_seed = [st.get(r.model.arch_parameters()[i]) for st, r in zip(states, self.runs, strict=True)]
             if any(p for p in per_seed):
+                step = per_seed[0]["step"].clone()
                 self.arch_optimizer.state[a] = {
-                    "step": per_seed[0]["step"].clone(),
+                    "step": step.to(self.device) if self.cuda_graph else step,
                     "exp_avg": torch.stack([p["exp_avg"] for p in per_seed]),
                     "exp_avg_sq": torch.stack([p["exp_avg_sq"] for p in per_seed])}
 
@@ -172,6 +178,7 @@ class PackedSearch:
     def refresh_decisions(self) -> None:
         """Masks from the seeds' SGAS edge decisions: op weight rows, frozen alpha rows, active weights."""
         codes = [[r.model.edge_ops(t) for t in CELL_TYPES] for r in self.runs]
+        self.decisions_version += 1  # a captured iteration holds the old masks: recapture
         if all(c == UNDECIDED for per in codes for t in per for c in t):
             self.fixed = self.undecided = self.frozen_rows = self.active = None
             return
@@ -203,7 +210,7 @@ class PackedSearch:
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         w = op_weight_rows(self.alphas, self.fixed, self.undecided)
-        with autocast_for(self.device, self.cfg.search.amp):
+        with _autocast(self.device, self.cfg.search.amp, self.cuda_graph):
             logits = self.forward(x, w)
         return packed_losses(logits, y), logits
 
@@ -292,7 +299,10 @@ class PackedSearch:
                 xv = yv = None
                 if not warm:
                     xv, yv = self._stack([next(r.val) for r in self.runs])
-                loss, ok = self.iteration(x, y, xv, yv)
+                if self.graphed is not None:
+                    loss, ok = self.graphed((warm, y.shape[0], self.decisions_version), x, y, xv, yv)
+                else:
+                    loss, ok = self.iteration(x, y, xv, yv)
                 loss_sum += loss * y.shape[0]
                 correct += ok
                 for r in self.runs:
@@ -322,9 +332,18 @@ class PackedSearch:
             r._fold_meters(loss_sum[i], correct[i], t0)
 
 
+def _autocast(device: torch.device, amp: str, graph: bool) -> contextlib.AbstractContextManager:
+    ctx = autocast_for(device, amp)
+    if graph and isinstance(ctx, torch.autocast):
+        # the autocast weight cache must not outlive a graph capture (torch.cuda.graph docs)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return ctx
+
+
 def run_packed(cfg: DictConfig, seeds: Sequence[int], progress: Callable[[str], None] | None = None) -> list[Path]:
     """Run (or resume, or skip the finished ones of) the searches of ``seeds`` as one pack; their run dirs."""
     say = progress or (lambda _m: None)
+    use_cuda_graph(str(cfg.search.cuda_graph), resolve_device(cfg.device), str(cfg.search.method))  # bad value: fail now
     if cfg.search.method == "darts2":
         raise ConfigError("search=darts2 cannot be packed (per-seed second-order steps): "
                           "run each seed with seed=N, or use search=darts / sgas_c1 / sgas_c2")
