@@ -117,3 +117,40 @@ def test_bad_seed_lists_are_one_line(tmp_path):
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def _pipeline_plan(tmp_path, *extra):
+    from unrealnas.pipeline import plan_pipeline
+
+    ovs = ["+experiment=smoke", "launcher=local", f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}",
+           *[o for o in TINY if not o.startswith("data.num_classes")], "experiment.datasets=[rlrn]",
+           "experiment.seeds=[0,1,2]", *extra]
+    return plan_pipeline(compose_config(ovs), ovs)
+
+
+def test_pipeline_packs_the_seeds_of_a_cell(tmp_path):
+    """pack_seeds=2 over seeds 0,1,2: tasks seeds=[0,1] and seed=2, writing the same run dirs as unpacked."""
+    from unrealnas.launch.task import run_task
+
+    single = _pipeline_plan(tmp_path, "launcher.pack_seeds=1").stage("search").tasks
+    packed = _pipeline_plan(tmp_path, "launcher.pack_seeds=2").stage("search").tasks
+    assert [t.overrides[-1] for t in single] == ["seed=0", "seed=1", "seed=2"]
+    assert [t.overrides[-1] for t in packed] == ["seeds=[0,1]", "seed=2"]
+    assert [packed[0].run_dir, *packed[0].more_run_dirs, packed[1].run_dir] == [t.run_dir for t in single]
+    assert not packed[0].is_complete()
+    run_task(packed[0])
+    assert packed[0].is_complete() and single[0].is_complete() and single[1].is_complete()
+    assert not single[2].is_complete()
+    # darts2 cannot be packed: its cells keep one task per seed
+    d2 = _pipeline_plan(tmp_path, "launcher.pack_seeds=2", "experiment.methods=[darts2]").stage("search").tasks
+    assert [t.overrides[-1] for t in d2] == ["seed=0", "seed=1", "seed=2"]
+
+
+def test_pack_seeds_default_and_bad_value(tmp_path):
+    from unrealnas.launch.packing import resolve_pack_seeds
+
+    assert resolve_pack_seeds(compose_config(["device=cpu"])) == 1
+    assert resolve_pack_seeds(compose_config(["device=cuda"])) == 5
+    assert resolve_pack_seeds(compose_config(["launcher=slurm", "launcher.gpus_per_node=0"])) == 1
+    with pytest.raises(ConfigError, match="pack_seeds=0"):
+        _pipeline_plan(tmp_path, "launcher.pack_seeds=0")

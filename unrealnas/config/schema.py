@@ -149,6 +149,7 @@ class LauncherConfig:
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
+    pack_seeds: Optional[int] = None  # seeds per search task (packed, seeds=[...]); null = 5 with a GPU, 1 on CPU
     folder: str = "${paths.runs}/slurm"
     extra: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_additional_parameters
 

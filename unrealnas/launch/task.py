@@ -70,6 +70,8 @@ class Task:
     (a function taking the override list; for plugins and tests). ``run_dir`` (optional) is where
     the task leaves its result: a task whose run_dir is complete is skipped at submission and in
     the job. ``group`` labels the sweep cell for ``status`` (e.g. ``darts/rlrn/random/c10``).
+    ``more_run_dirs``: the other run directories of a task that writes several (packed seeds,
+    ``seeds=[...]``); the task is complete when all are.
     """
 
     verb: str
@@ -77,6 +79,7 @@ class Task:
     run_dir: Path | None = None
     stage: str = ""
     group: str = ""
+    more_run_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__ so tasks pickle and compare cleanly.
@@ -84,12 +87,13 @@ class Task:
         if self.run_dir is not None:
             # Absolute, because the job may resolve relative paths from another working directory.
             object.__setattr__(self, "run_dir", Path(self.run_dir).expanduser().absolute())
+        object.__setattr__(self, "more_run_dirs", tuple(Path(p).expanduser().absolute() for p in self.more_run_dirs))
         if not self.stage:
             object.__setattr__(self, "stage", STAGE_OF_VERB.get(self.verb, self.verb.rsplit(":", 1)[-1]))
 
     def is_complete(self) -> bool:
-        """Whether the task's run directory already holds a completed result."""
-        return is_complete(self.run_dir)
+        """Whether the task's run directory (and each of ``more_run_dirs``) already holds a completed result."""
+        return is_complete(self.run_dir) and all(is_complete(p) for p in self.more_run_dirs)
 
     def argv(self) -> list[str]:
         """The equivalent command line: ``[verb, *overrides]``."""
