@@ -129,6 +129,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaler) | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch deterministic algorithms
+    cuda_graph: str = "off"  # off | auto (on CUDA with SGD, no fp16, no DDP) | on: replay the train step as a CUDA graph
     num_workers: int = 4  # DataLoader workers per rank (ImageNet, CheXpert)
     loader: str = "torch"  # ImageNet input pipeline: torch (ImageFolder + DataLoader) | ffcv (.beton, written once)
     ffcv_max_resolution: int = 256  # longest side stored in the ImageNet .beton (the FFCV ImageNet recipe)
