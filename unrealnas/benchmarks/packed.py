@@ -67,8 +67,11 @@ def _seed_run(cfg: DictConfig, seed: int, device: torch.device, batch: int) -> S
 
 
 def packed_iteration(cfg: DictConfig, seeds: int, device: torch.device, batch: int,
-                     cuda_graph: bool = False) -> Callable[[], None]:
-    """A closure running one packed search iteration of ``seeds`` seeds (fresh networks)."""
+                     cuda_graph: bool = False) -> tuple[Callable[[], None], PackedSearch]:
+    """(a closure running one packed search iteration of ``seeds`` seeds, the pack), fresh networks.
+
+    Seed s starts, and is fed, exactly as ``benchmarks.search.build_search_bench(..., seed=s)``.
+    """
     cfg = OmegaConf.merge(cfg, {"search": {"cuda_graph": "on" if cuda_graph else "off"}})
     runs = [_seed_run(cfg, s, device, batch) for s in range(seeds)]
     pack = PackedSearch(runs)  # type: ignore[arg-type]
@@ -81,7 +84,7 @@ def packed_iteration(cfg: DictConfig, seeds: int, device: torch.device, batch: i
         else:
             pack.iteration(x, y, xv, yv)
 
-    return step
+    return step, pack
 
 
 def _sync(device: torch.device) -> None:
@@ -130,9 +133,9 @@ def packed_rows(cfg: DictConfig, device: torch.device, seed_counts: list[int], s
         "today's engine, fp32 eager")
     for n in seed_counts:
         say(f"bench search: packed S={n} on {device} (batch {batch} per seed)")
-        row("packed", n, measure(packed_iteration(cfg, n, device, batch), device, steps, warmup), "fp32 eager")
+        row("packed", n, measure(packed_iteration(cfg, n, device, batch)[0], device, steps, warmup), "fp32 eager")
         if device.type == "cuda":
-            step = packed_iteration(cfg, n, device, batch, cuda_graph=True)
+            step, _ = packed_iteration(cfg, n, device, batch, cuda_graph=True)
             t = measure(step, device, steps, max(warmup, 4))  # warm-up + capture happen in the first calls
             row("packed graph", n, t, "CUDA graph replay: ops_per_iter = host-dispatched ops of a replay")
             torch.cuda.empty_cache()
