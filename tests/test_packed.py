@@ -154,3 +154,14 @@ def test_pack_seeds_default_and_bad_value(tmp_path):
     assert resolve_pack_seeds(compose_config(["launcher=slurm", "launcher.gpus_per_node=0"])) == 1
     with pytest.raises(ConfigError, match="pack_seeds=0"):
         _pipeline_plan(tmp_path, "launcher.pack_seeds=0")
+
+
+def test_bench_rows_five_packed_seeds_dispatch_about_the_ops_of_one():
+    from unrealnas.benchmarks.packed import packed_rows
+
+    cfg = compose_config(["preset=smoke", "device=cpu", *TINY[:3], "data.num_classes=10"])
+    rows = packed_rows(cfg, torch.device("cpu"), [1, 5], steps=1, warmup=2, batch_size=2)
+    assert [(r["engine"], r["seeds"]) for r in rows] == [("single", 1), ("packed", 1), ("packed", 5)]
+    assert rows[2]["ops_per_iter"] <= 1.2 * rows[1]["ops_per_iter"]
+    assert rows[2]["ops_per_iter"] <= 1.2 * rows[0]["ops_per_iter"]
+    assert all(r["kernel_ops"] < r["ops_per_iter"] and r["images_per_s"] > 0 for r in rows)

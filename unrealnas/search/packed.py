@@ -7,7 +7,12 @@ seeds' channels side by side, so every kernel serves all seeds. Per seed, exactl
 run: SGD with momentum and weight decay and Adam on the alphas (elementwise, so a stacked step is
 S independent steps), gradient clipping with the seed's own norm, SGAS decisions as masked op
 weights (decided edge one-hot, pruned edge zero) with the weights of switched-off ops left
-untouched, as the single run's SGD leaves parameters without a gradient.
+untouched, as the single run's SGD leaves parameters without a gradient. One difference remains
+there: the BN running statistics of those switched-off ops keep updating in the pack (the ops
+still run, multiplied by 0), so they differ from a single run's; they never reach an output.
+Results equal single runs within float rounding, which fp32 chaos grows over a run (grouped and
+per-seed kernels sum in different orders; a near-tie in a max-pool window or a near-zero Adam
+moment turns 1e-7 into O(lr)): the tiny-size tests see alphas within 1e-4 and the same genotypes.
 
 The packed state is the master during the loop; at every checkpoint and epoch end it is copied
 back into the seed runs (``to_runs``), which then save, log, evaluate and decide as single runs do.
@@ -89,8 +94,8 @@ class PackedSearch:
         s = self.cfg.search
         self.cuda_graph = use_cuda_graph(str(s.cuda_graph), self.device, str(s.method))
         self.net = PackedSuperNet([r.model for r in self.runs]).to(self.device)
-        if r0.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        # NCHW throughout: the weights are views into one flat tensor in their logical order, so
+        # channels_last weights (and inputs, which would then be converted per conv) are not used
         self.forward = torch.compile(self.net) if s.compile else self.net
         # every weight is a view into one flat tensor (param-major, seed-major inside each param):
         # clipping and SGD are then a few elementwise kernels, whatever the number of parameters
@@ -276,10 +281,7 @@ class PackedSearch:
     def _stack(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([b[0] for b in batches], dim=1)
         n, s, c, h, w = x.shape
-        x = x.view(n, s * c, h, w)
-        if self.runs[0].channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, torch.stack([b[1] for b in batches], dim=1)
+        return x.view(n, s * c, h, w), torch.stack([b[1] for b in batches], dim=1)
 
     def run(self) -> None:
         """Advance every seed to its last epoch, checkpointing each seed's run as a single run would."""
