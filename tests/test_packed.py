@@ -166,3 +166,33 @@ def test_bench_rows_five_packed_seeds_dispatch_about_the_ops_of_one():
     assert rows[2]["ops_per_iter"] <= 1.2 * rows[1]["ops_per_iter"]
     assert rows[2]["ops_per_iter"] <= 1.2 * rows[0]["ops_per_iter"]
     assert all(r["kernel_ops"] < r["ops_per_iter"] and r["images_per_s"] > 0 for r in rows)
+
+
+def test_packed_checkpoint_resumes_as_a_single_run(tmp_path, monkeypatch):
+    """Each seed's checkpoint is an ordinary one: a pack stopped after epoch 1, each seed finished by
+    `seed=N` alone, ends like a single run of that seed."""
+    from unrealnas.search.packed import PackedSearch
+
+    real_run = PackedSearch.run
+
+    def stop_after_first_epoch(self):
+        for r in self.runs:
+            r.total_epochs = 1
+        real_run(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PackedSearch, "run", stop_after_first_epoch)
+    cfg = compose_config(_overrides(tmp_path / "p", "seeds=[0,1]"))
+    with pytest.raises(KeyboardInterrupt):
+        run_packed(cfg, [0, 1])
+    monkeypatch.setattr(PackedSearch, "run", real_run)
+    for seed in (0, 1):
+        said = []
+        resumed = run_search(seed_config(cfg, seed), said.append)
+        assert any("resuming at epoch 1 batch 0" in m for m in said), said
+        single = run_search(compose_config(_overrides(tmp_path / "s", f"seed={seed}")))
+        a, b = _result(resumed), _result(single)
+        assert a["genotype_json"] == b["genotype_json"]
+        for t in ("normal", "reduce"):
+            torch.testing.assert_close(torch.tensor(a["alphas"][t]), torch.tensor(b["alphas"][t]), rtol=0, atol=1e-4)
+        assert [r["epoch"] for r in read_jsonl(resumed / "metrics.jsonl")] == [0, 1, 2]
