@@ -21,7 +21,8 @@ Run by ``tools/gpu_check.sh`` (``python3 tools/gpu_check.py [--cpu-dry-run] [--o
    eager searches, same data: alphas after 5 first-order iterations within 1e-4 (fp32, TF32 off);
    the difference after 20 is reported (rounding grows through max-pool near-ties and Adam).
 8. ``search_cuda_graph_vs_eager``: the packed iteration replayed as a CUDA graph
-   (``search.cuda_graph``) vs eager: alphas after 20 iterations within 1e-4 (skipped on CPU).
+   (``search.cuda_graph``) vs eager: alphas within 1e-4 after 5 iterations, after 20 reported
+   against the 1e-4 target (limit 1e-2; atomics in backward kernels), one capture (skipped on CPU).
 9. ``train_cuda_graph_vs_eager``: 10 retrain steps (``train.cuda_graph``, drop path off) replayed
    vs eager: weights within 1e-3 relative L2 (skipped on CPU).
 
@@ -306,17 +307,23 @@ def check_search_cuda_graph(dev: torch.device, s: Sizes, work: Path) -> tuple[bo
         return True, "skipped: CUDA graphs need a GPU"
     from unrealnas.benchmarks.packed import packed_iteration
 
-    cfg, iters = _search_cfg(s), 20
+    cfg, errs = _search_cfg(s), {}
     with exact_fp32():
         eager, pe = packed_iteration(cfg, 2, dev, s.batch)
         graph, pg = packed_iteration(cfg, 2, dev, s.batch, cuda_graph=True)
-        for _ in range(iters):
+        for it in range(1, 21):
             eager()
             graph()
-    torch.cuda.synchronize()
-    err = _alpha_err(pg, [[a[i] for a in pe.alphas] for i in range(2)])
+            if it in (5, 20):
+                torch.cuda.synchronize()
+                errs[it] = _alpha_err(pg, [[a[i] for a in pe.alphas] for i in range(2)])
     captures = pg.graphed.captures if pg.graphed is not None else 0
-    return err < 1e-4 and captures == 1, f"max |alpha diff| {err:.1e} after {iters} iterations (limit 1e-4); {captures} capture(s)"
+    # the same kernels replayed: equal up to the atomics of max-pool and index_add backward, which
+    # the chaos of a search can grow (see packed_vs_separate): 1e-4 at 20 iterations is the target,
+    # the 5-iteration limit the one that tells a graph bug (stale lr, masks, buffers) from rounding
+    ok = errs[5] < 1e-4 and errs[20] < 1e-2 and captures == 1
+    return ok, (f"max |alpha diff| {errs[5]:.1e} after 5 iterations (limit 1e-4), {errs[20]:.1e} after 20 "
+                f"(target 1e-4, limit 1e-2); {captures} capture(s)")
 
 
 def check_train_cuda_graph(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
