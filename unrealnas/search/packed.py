@@ -7,9 +7,8 @@ seeds' channels side by side, so every kernel serves all seeds. Per seed, exactl
 run: SGD with momentum and weight decay and Adam on the alphas (elementwise, so a stacked step is
 S independent steps), gradient clipping with the seed's own norm, SGAS decisions as masked op
 weights (decided edge one-hot, pruned edge zero) with the weights of switched-off ops left
-untouched, as the single run's SGD leaves parameters without a gradient. One difference remains
-there: the BN running statistics of those switched-off ops keep updating in the pack (the ops
-still run, multiplied by 0), so they differ from a single run's; they never reach an output.
+untouched, as the single run's SGD leaves parameters without a gradient (and their BN running
+statistics and batch counters, which a single run does not update: it does not run those ops).
 Results equal single runs within float rounding, which fp32 chaos grows over a run (grouped and
 per-seed kernels sum in different orders; a near-tie in a max-pool window or a near-zero Adam
 moment turns 1e-7 into O(lr)): the tiny-size tests see alphas within 1e-4 and the same genotypes.
@@ -108,6 +107,28 @@ class PackedSearch:
             self.offsets.append(o)
             p.data = self.flat[o:o + p.numel()].view_as(p)
             o += p.numel()
+        # the float buffers (BN running statistics) likewise: one tensor, so that those of ops an SGAS
+        # decision switched off can be put back after each iteration (a single run does not run them)
+        buffers = dict(self.net.named_buffers())
+        self.buf_names = [n for n, b in buffers.items() if b.is_floating_point()]
+        self.flat_buf = torch.cat([buffers[n].reshape(-1) for n in self.buf_names])
+        self.buf_offsets: list[int] = []
+        o = 0
+        for n in self.buf_names:
+            module_name, _, leaf = n.rpartition(".")
+            module = self.net.get_submodule(module_name)
+            self.buf_offsets.append(o)
+            module._buffers[leaf] = self.flat_buf[o:o + buffers[n].numel()].view_as(buffers[n])
+            o += buffers[n].numel()
+        # num_batches_tracked is one counter per packed BN; a seed whose op was switched off keeps its own
+        self.frozen_counts: dict[tuple[int, str], int] = {}
+        seed_buffers = [dict(r.model.named_buffers()) for r in self.runs]
+        for n, b in buffers.items():
+            if not b.is_floating_point():
+                for s_, own_buffers in enumerate(seed_buffers):
+                    own = int(own_buffers[n])
+                    if own != int(b):
+                        self.frozen_counts[(s_, n)] = own
         self.seg = torch.cat([torch.arange(self.S, device=self.device).repeat_interleave(p.numel() // self.S)
                               for p in self.params])
         self.momentum_buf: torch.Tensor | None = None
@@ -126,6 +147,7 @@ class PackedSearch:
         self.undecided: list[torch.Tensor] | None = None
         self.frozen_rows: list[torch.Tensor] | None = None
         self.active: torch.Tensor | None = None
+        self.active_buf: torch.Tensor | None = None
         self._load_optimizer_states()
         self.refresh_decisions()
 
@@ -171,7 +193,7 @@ class PackedSearch:
                 if name in buffers and b.is_floating_point():
                     b.copy_(buffers[name].reshape(self.S, -1)[s].view_as(b))
                 elif name in buffers:
-                    b.copy_(buffers[name])
+                    b.fill_(self.frozen_counts.get((s, name), int(buffers[name])))
             for i, a in enumerate(r.model.arch_parameters()):
                 a.copy_(self.alphas[i][s])
                 st = self.arch_optimizer.state.get(self.alphas[i])
@@ -185,7 +207,7 @@ class PackedSearch:
         codes = [[r.model.edge_ops(t) for t in CELL_TYPES] for r in self.runs]
         self.decisions_version += 1  # a captured iteration holds the old masks: recapture
         if all(c == UNDECIDED for per in codes for t in per for c in t):
-            self.fixed = self.undecided = self.frozen_rows = self.active = None
+            self.fixed = self.undecided = self.frozen_rows = self.active = self.active_buf = None
             return
         k = len(PRIMITIVES)
         fixed, undecided = [], []
@@ -198,18 +220,33 @@ class PackedSearch:
         self.fixed, self.undecided = fixed, undecided
         self.frozen_rows = [~u for u in undecided]
         # weights of ops a decision switched off get no gradient in a single run: SGD leaves them alone
-        active = torch.ones(self.flat.numel(), dtype=torch.bool)
-        for i, name in enumerate(self.names):
+        def switched_off(name: str, s: int) -> bool:
             parts = name.split(".")
             if len(parts) < 6 or parts[0] != "cells" or parts[2] != "edges" or parts[4] != "ops":
-                continue
+                return False
             cell, edge, op = int(parts[1]), int(parts[3]), int(parts[5])
-            t = int(self.net.cells[cell].reduction)
+            code = codes[s][int(self.net.cells[cell].reduction)][edge]
+            return code != UNDECIDED and op != code
+
+        active = torch.ones(self.flat.numel(), dtype=torch.bool)
+        for i, name in enumerate(self.names):
             for s in range(self.S):
-                code = codes[s][t][edge]
-                if code != UNDECIDED and op != code:
+                if switched_off(name, s):
                     active[self._seed_range(i, s)] = False
         self.active = active.to(self.device)
+        buffers = dict(self.net.named_buffers())
+        active_buf = torch.ones(self.flat_buf.numel(), dtype=torch.bool)
+        for i, name in enumerate(self.buf_names):
+            n = buffers[name].numel() // self.S
+            for s in range(self.S):
+                if switched_off(name, s):
+                    active_buf[self.buf_offsets[i] + s * n:self.buf_offsets[i] + (s + 1) * n] = False
+        self.active_buf = active_buf.to(self.device)
+        for name, b in buffers.items():
+            if not b.is_floating_point():
+                for s in range(self.S):
+                    if switched_off(name, s):
+                        self.frozen_counts.setdefault((s, name), int(b))
 
     # ------------------------------------------------------------------ the iteration
 
@@ -272,9 +309,14 @@ class PackedSearch:
     def iteration(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor | None,
                   yv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One packed search iteration (the architecture step unless warming up, then the weight step)."""
+        saved = self.flat_buf.clone() if self.active_buf is not None else None
         if xv is not None and yv is not None:
             self.arch_step(xv, yv)
-        return self.weight_step(x, y)
+        out = self.weight_step(x, y)
+        if saved is not None:
+            with torch.no_grad():
+                self.flat_buf.copy_(torch.where(self.active_buf, self.flat_buf, saved))
+        return out
 
     # ------------------------------------------------------------------ the loop
 
