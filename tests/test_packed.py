@@ -133,13 +133,14 @@ def _pipeline_plan(tmp_path, *extra):
 
 def test_pipeline_packs_the_seeds_of_a_cell(tmp_path):
     """pack_seeds=2 over seeds 0,1,2: tasks seeds=[0,1] and seed=2, writing the same run dirs as unpacked."""
-    from unrealnas.launch.task import run_task
+    from unrealnas.launch.task import planned_run_dir, run_task
 
     single = _pipeline_plan(tmp_path, "launcher.pack_seeds=1").stage("search").tasks
     packed = _pipeline_plan(tmp_path, "launcher.pack_seeds=2").stage("search").tasks
     assert [t.overrides[-1] for t in single] == ["seed=0", "seed=1", "seed=2"]
     assert [t.overrides[-1] for t in packed] == ["seeds=[0,1]", "seed=2"]
     assert [packed[0].run_dir, *packed[0].more_run_dirs, packed[1].run_dir] == [t.run_dir for t in single]
+    assert planned_run_dir("search", packed[0].overrides) == packed[0].run_dir
     assert not packed[0].is_complete()
     run_task(packed[0])
     assert packed[0].is_complete() and single[0].is_complete() and single[1].is_complete()

@@ -167,9 +167,11 @@ def planned_run_dir(verb: str, overrides: Sequence[str]) -> Path | None:
 
             return dataset_dir(cfg).absolute()
         if verb == "search":
+            from unrealnas.search.packed import packed_seeds, seed_config
             from unrealnas.search.run import search_run_dir
 
-            return search_run_dir(cfg).absolute()
+            seeds = packed_seeds(cfg)  # packed seeds: the first seed's run (the one run_search returns)
+            return search_run_dir(seed_config(cfg, seeds[0]) if seeds else cfg).absolute()
         if verb == "retrain":
             if cfg.train.run_id:
                 return (Path(cfg.paths.runs) / "train" / str(cfg.train.run_id)).absolute()
