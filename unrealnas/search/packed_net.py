@@ -139,6 +139,10 @@ class PackedSuperNet(nn.Module):
         super().__init__()
         if not supernets:
             raise ValueError("packing needs at least one supernet")
+        if any(getattr(n, "fused", False) for n in supernets):
+            # the packing walks the per-edge modules (one conv per op per edge); a fused supernet has
+            # the same state_dict: load it into a per-edge SuperNet and pack that
+            raise ValueError("PackedSuperNet packs per-edge supernets; load a fused one's state_dict into a per-edge copy")
         self.seeds = len(supernets)
         ref = supernets[0]
         self.nodes = ref.nodes
