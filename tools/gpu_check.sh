@@ -11,15 +11,18 @@
 #                dependencies the image lacks (hydra, omegaconf, antlr4) from carried venv folders
 #                (.venv/lib/python3.*/site-packages/<pkg>) or wheels in ${WHEELS:-.whl}.
 #   correctness  tools/gpu_check.py (supernet fwd/bwd CUDA vs CPU, bf16 loss, alpha gradients,
-#                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search).
-#   bench_search `unrealnas bench search` paper preset, darts and darts2, baseline vs optimised.
+#                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search,
+#                packed seeds vs separate searches, search and retrain CUDA graph vs eager).
+#   bench_search `unrealnas bench search` paper preset, darts and darts2, baseline vs optimised, then
+#                the packed-seed rows: single engine vs packed S=1 and S=5, eager and CUDA graph
+#                (ops_per_iter, s/iter, images/s, paper_seeds_h).
 #   bench_data   `unrealnas bench data quick=true`.
 #   bench_compile `unrealnas bench search methods=darts compile=true` (last and optional: compiling may
 #                be slow; running out of time there is TIMEOUT, not FAIL).
 # Output: everything tee'd to $OUT/gpu_check.log; $OUT/gpu_check.json (stages, rc, seconds) plus
 # the JSON of each stage (gpu_check_correctness.json, bench_search.json, bench_data.json,
-# bench_search_compile.json). OUT defaults to /tmp/gpu_check. Budget: the first stages take about
-# 2-3 minutes on an H100 (limits 120 + 120 + 100 s); the compile stage gets what is left of
+# bench_search-packed.json, bench_search_compile.json). OUT defaults to /tmp/gpu_check. Budget: the
+# first stages take about 3-5 minutes on an H100 (limits 150 + 200 + 100 s); the compile stage gets what is left of
 # ${GPU_CHECK_BUDGET_S:-470} s (at least 60 s), so the whole script ends within about 8 minutes.
 #
 # With the device tool: carry [".venv/lib/python3.11/site-packages/hydra",
@@ -117,19 +120,19 @@ fi
 if [[ $DRY -eq 1 ]]; then
   run_stage correctness 600 $PY tools/gpu_check.py --cpu-dry-run --out "$OUT"
   run_stage bench_search 300 $PY -m unrealnas bench search preset=smoke device=cpu threads=1 steps=1 warmup=1 \
-    json="$OUT/bench_search.json"
+    packed=1,5 json="$OUT/bench_search.json"
   run_stage bench_data 600 $PY -m unrealnas bench data preset=smoke device=cpu threads=1 quick=true images=512 \
     fractal=false json="$OUT/bench_data.json"
   record bench_compile SKIP 0 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
-  run_stage correctness 120 $PY tools/gpu_check.py --out "$OUT"
-  run_stage bench_search 120 $PY -m unrealnas bench search preset=paper steps=20 warmup=3 \
+  run_stage correctness 150 $PY tools/gpu_check.py --out "$OUT"
+  run_stage bench_search 200 $PY -m unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5 \
     json="$OUT/bench_search.json"
   run_stage bench_data 100 $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
   # compiling the paper supernet may take minutes: give it what is left of the ~8 minute budget
   left=$((${GPU_CHECK_BUDGET_S:-470} - ($(date +%s) - START)))
   OPTIONAL=1 run_stage bench_compile $((left > 60 ? left : 60)) $PY -m unrealnas bench search preset=paper \
-    methods=darts compile=true steps=20 warmup=3 json="$OUT/bench_search_compile.json"
+    methods=darts compile=true steps=20 warmup=3 packed=null json="$OUT/bench_search_compile.json"
 fi
 
 # ---------------------------------------------------------------- summary

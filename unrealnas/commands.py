@@ -114,7 +114,15 @@ def cmd_search(args: list[str]) -> int:
     positional, overrides = _split_args(args)
     if positional:
         raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
-    run_dir = run_search(compose_config(overrides), progress=_say)
+    cfg = compose_config(overrides)
+    if cfg.get("seeds") is not None:
+        from unrealnas.search.packed import check_seed_overrides, packed_seeds, run_packed
+
+        check_seed_overrides(overrides)
+        for run_dir in run_packed(cfg, packed_seeds(cfg) or [], progress=_say):
+            print(run_dir)
+        return 0
+    run_dir = run_search(cfg, progress=_say)
     print(run_dir)
     return 0
 

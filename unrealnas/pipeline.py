@@ -34,10 +34,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task, dependency_of, submit_array, wait_all
+from unrealnas.launch.packing import pack_search_tasks, resolve_pack_seeds
 
 # Keys the pipeline sets per task from the experiment; a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method", "train", "train.target", "seed",
-             "genotype", "train.run_id", "train.pretrained")
+             "seeds", "genotype", "train.run_id", "train.pretrained")
 CIFAR_NAMES = ("cifar10", "cifar100")
 OFFLINE_TARGETS = ("digits",)  # targets that need no data folder (scikit-learn ships them)
 
@@ -265,6 +266,9 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     paths = [f"paths.runs={quote_override(runs_dir)}", f"paths.data={quote_override(data_dir)}"]
     notes: list[str] = []
     seeds = [int(s) for s in exp.seeds]
+    pack = resolve_pack_seeds(cfg, _launcher_for(cfg, "search"))
+    if pack > 1:
+        notes.append(f"search tasks pack up to {pack} seeds each (launcher.pack_seeds; one process per pack)")
     order = _retrain_order(exp)
     stage_of = {e: exp.retrain[e].stage or ("finetune" if exp.retrain[e].pretrained_from else "retrain")
                 for e in order}
@@ -318,6 +322,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                     table_target = exp.retrain[t_entry].target + ("_pt" if exp.retrain[t_entry].pretrained_from else "")
                     if [*cell, table_target] not in expected:
                         expected.append([*cell, table_target])
+                cell_dirs: list[Path] = []
                 for seed in seeds:
                     # The run ids depend on the seed only through cfg.seed: set it on a copy instead of
                     # composing the config again (Hydra takes ~0.1 s per composition).
@@ -330,7 +335,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                         stages["generate"].tasks.append(Task("generate", ovs, run_dir=ddir, stage="generate",
                                                              group=f"{dataset}/{label}/c{n_cls}"))
                     sdir = search_run_dir(scfg).absolute()
-                    stages["search"].tasks.append(Task("search", ovs, run_dir=sdir, stage="search", group=group))
+                    cell_dirs.append(sdir)
                     run_dirs[str(sdir)] = ["search", *cell, None]
                     train_dirs: dict[str, Path] = {}
                     for t_entry in order:
@@ -346,6 +351,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                         stages[stage_of[t_entry]].tasks.append(Task(
                             "retrain", t_ovs, run_dir=tdir, stage="train", group=f"{table_target}/{group}"))
                         run_dirs[str(tdir)] = ["train", *cell, table_target]
+                # launcher.pack_seeds: the cell's seeds in packed search tasks (unrealnas.launch.packing)
+                stages["search"].tasks += pack_search_tasks(cell_ovs, seeds, cell_dirs, group, pack, str(cfg0.search.method))
 
     tables_dir = runs_dir / "tables" / name
     table_task = Task(TABLE_VERB, [f"plan={quote_override(tables_dir / PLAN_FILE)}"], run_dir=tables_dir, stage="table",

@@ -64,7 +64,8 @@ SUPERNETS = ("per_edge", "fused")
 QUICK_CPU_BATCH = 8
 OPTIONS: dict[str, tuple[type, Any]] = {
     "quick": (bool, False), "steps": (int, None), "warmup": (int, None), "methods": (str, "darts,darts2"),
-    "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, None)}
+    "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, None),
+    "packed": (str, "1,5")}  # packed-seed rows (unrealnas.benchmarks.packed); packed=null skips them
 
 
 @dataclass
@@ -336,4 +337,8 @@ def main(overrides: list[str]) -> int:
         notes.append(f"preset={cfg.preset}: paper_search_h uses this preset's iteration cost, not the paper supernet's")
     report("search", rows, COLUMNS, opts["json"], notes,
            meta={"preset": cfg.preset, "steps": steps, "warmup": warmup, "quick": quick})
+    if opts["packed"]:
+        from unrealnas.benchmarks.packed import report_packed
+
+        report_packed(cfg, device, str(opts["packed"]), steps, warmup, batch, opts["json"], say)
     return 0

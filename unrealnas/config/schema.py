@@ -90,6 +90,7 @@ class SearchConfig:
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
     supernet: str = "fused"  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
+    cuda_graph: str = "auto"  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
     eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)
     deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
@@ -129,6 +130,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaler) | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch deterministic algorithms
+    cuda_graph: str = "off"  # off | auto (on CUDA with SGD, no fp16, no DDP) | on: replay the train step as a CUDA graph
     num_workers: int = 4  # DataLoader workers per rank (ImageNet, CheXpert)
     loader: str = "torch"  # ImageNet input pipeline: torch (ImageFolder + DataLoader) | ffcv (.beton, written once)
     ffcv_max_resolution: int = 256  # longest side stored in the ImageNet .beton (the FFCV ImageNet recipe)
@@ -149,6 +151,7 @@ class LauncherConfig:
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
+    pack_seeds: Optional[int] = None  # seeds per search task (packed, seeds=[...]); null = 5 with a GPU, 1 on CPU
     folder: str = "${paths.runs}/slurm"
     max_num_timeout: int = 30  # requeues after hitting the time limit (submitit's default 3; dinov2 30); preemption: unlimited
     signal_delay_s: int = 120  # USR2 this many seconds before the time limit, so the job checkpoints and requeues
@@ -183,6 +186,7 @@ class AnalysisConfig:
 class Config:
     preset: str = "paper"  # paper (the paper's sizes) | smoke (seconds to minutes on 2 CPU cores)
     seed: int = 0  # master seed; every random stream is derived from it
+    seeds: Optional[list[int]] = None  # search only: these seeds packed into one process and network (unrealnas.search.packed)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -69,6 +69,8 @@ class Task:
     a test); a function that returns a non-zero int fails the task, as an exit status would.
     ``run_dir`` (optional) is where the task leaves its result: a task whose run_dir is complete is
     skipped at submission and in the job. ``group`` labels the sweep cell for ``status`` (e.g. ``darts/rlrn/random/c10``).
+    ``more_run_dirs``: the other run directories of a task that writes several (packed seeds,
+    ``seeds=[...]``); the task is complete when all are.
     """
 
     verb: str
@@ -76,6 +78,7 @@ class Task:
     run_dir: Path | None = None
     stage: str = ""
     group: str = ""
+    more_run_dirs: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         # Frozen dataclass: normalise through object.__setattr__ so tasks pickle and compare cleanly.
@@ -83,12 +86,13 @@ class Task:
         if self.run_dir is not None:
             # Absolute, because the job may resolve relative paths from another working directory.
             object.__setattr__(self, "run_dir", Path(self.run_dir).expanduser().absolute())
+        object.__setattr__(self, "more_run_dirs", tuple(Path(p).expanduser().absolute() for p in self.more_run_dirs))
         if not self.stage:
             object.__setattr__(self, "stage", STAGE_OF_VERB.get(self.verb, self.verb.rsplit(":", 1)[-1]))
 
     def is_complete(self) -> bool:
-        """Whether the task's run directory already holds a completed result."""
-        return is_complete(self.run_dir)
+        """Whether the task's run directory (and each of ``more_run_dirs``) already holds a completed result."""
+        return is_complete(self.run_dir) and all(is_complete(p) for p in self.more_run_dirs)
 
     def argv(self) -> list[str]:
         """The equivalent command line: ``[verb, *overrides]``."""
@@ -168,9 +172,11 @@ def run_dir_of(verb: str, cfg: Any) -> Path | None:
 
             return dataset_dir(cfg).absolute()
         if verb == "search":
+            from unrealnas.search.packed import packed_seeds, seed_config
             from unrealnas.search.run import search_run_dir
 
-            return search_run_dir(cfg).absolute()
+            seeds = packed_seeds(cfg)  # packed seeds: the first seed's run (the one run_search returns)
+            return search_run_dir(seed_config(cfg, seeds[0]) if seeds else cfg).absolute()
         if verb == "retrain":
             if cfg.train.run_id:
                 return (Path(cfg.paths.runs) / "train" / str(cfg.train.run_id)).absolute()

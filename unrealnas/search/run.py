@@ -48,7 +48,7 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 def search_run_id(cfg: DictConfig) -> str:
     """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
     s = OmegaConf.to_container(cfg.search, resolve=True)
-    for k in ("checkpoint_every", "eval_every", "compile", "supernet"):
+    for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph"):
         s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
@@ -342,6 +342,14 @@ def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
 def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:
     """Run (or resume, or skip if finished) the search ``cfg`` describes; returns its run directory."""
     say = progress or (lambda _m: None)
+    from unrealnas.search.graphs import use_cuda_graph
+    from unrealnas.search.packed import packed_seeds, run_packed
+
+    if cfg.get("seeds") is not None:  # packed seeds: S runs in one process (unrealnas.search.packed)
+        return run_packed(cfg, packed_seeds(cfg) or [], say)[0]
+    if use_cuda_graph(str(cfg.search.cuda_graph), resolve_device(cfg.device), str(cfg.search.method)):
+        # graph replay is the packed engine's: a single run is then a pack of one (same results)
+        return run_packed(cfg, [int(cfg.seed)], say)[0]
     run_dir = search_run_dir(cfg)
     if is_complete(run_dir):
         say(f"{run_dir}: already completed, nothing to do")

@@ -1,4 +1,8 @@
-"""Retrain throughput per target: images/s of :func:`train_step` on the target's network, synthetic inputs.
+"""Retrain throughput per target: images/s and ops per step of :func:`train_step`, synthetic inputs.
+
+``ops_per_step``: aten ops one step dispatches (``benchmarks.opcount``; ``kernel_ops`` without
+views); with ``train.cuda_graph=auto|on`` on CUDA also ``graph_images_per_s`` (the step replayed as
+one CUDA graph).
 
 Measures the model side only (forward, backward, clip, SGD/Adam step), at the sizes the
 composed config gives (``preset=paper`` or ``smoke``); data loading is excluded because the CIFAR
@@ -14,10 +18,13 @@ import time
 
 import torch
 
+from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.config import compose_config
+from unrealnas.cuda_graph import GraphedStep
 from unrealnas.dist import DistEnv, resolve_device
 from unrealnas.models import build_network, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
+from unrealnas.train.graphed import use_train_cuda_graph
 from unrealnas.train.loop import LoopOptions, build_optimizer, train_step
 from unrealnas.train.retrain import network_kind
 from unrealnas.train.target import FIXED_32PX_TARGETS
@@ -53,17 +60,33 @@ def bench_target(target: str, overrides: list[str], steps: int) -> dict:
     model.train()
     for _ in range(2):
         train_step(model, opt, x, y, opts, multilabel)
+    # aten ops one step dispatches (device-independent; each is >= 1 kernel launch on a GPU)
+    ops = count_ops(lambda: train_step(model, opt, x, y, opts, multilabel))
+    row = {"target": target, "device": str(device), "preset": cfg.preset, "layers": int(t.layers),
+           "init_channels": int(t.init_channels), "resolution": side, "batch": bs,
+           "params_m": round(count_params_m(model), 3), "ops_per_step": ops.total,
+           "kernel_ops": ops.total - ops.metadata,
+           "images_per_s": round(bs * steps / _time_steps(lambda: train_step(model, opt, x, y, opts, multilabel),
+                                                          steps, device), 1)}
+    if use_train_cuda_graph(str(t.cuda_graph), device, opts.optimizer, amp, False):
+        # train.cuda_graph: the same step replayed as one CUDA graph (warm-up and capture untimed)
+        opts.cuda_graph = True
+        graphed = GraphedStep(lambda a, b: train_step(model, opt, a, b, opts, multilabel))
+        for _ in range(4):
+            graphed(0, x, y)
+        row["graph_images_per_s"] = round(bs * steps / _time_steps(lambda: graphed(0, x, y), steps, device), 1)
+    return row
+
+
+def _time_steps(step, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(model, opt, x, y, opts, multilabel)
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"target": target, "device": str(device), "preset": cfg.preset, "layers": int(t.layers),
-            "init_channels": int(t.init_channels), "resolution": side, "batch": bs,
-            "params_m": round(count_params_m(model), 3), "images_per_s": round(bs * steps / dt, 1)}
+    return time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:

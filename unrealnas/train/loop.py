@@ -58,6 +58,7 @@ class LoopOptions:
     amp: str | None = None  # None | "bf16" | "fp16"
     channels_last: bool = False
     eval_every: int = 1
+    cuda_graph: bool = False  # replay the step as a CUDA graph (unrealnas.train.graphed)
     extra_row: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,10 +105,11 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _autocast(device: torch.device, amp: str | None) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, amp: str | None, cache: bool = True) -> contextlib.AbstractContextManager:
     if amp is None:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    # a captured step must not keep autocast's weight cache across replays (torch.cuda.graph docs)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, cache_enabled=cache)
 
 
 def compute_loss(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, multilabel: bool,
@@ -135,7 +137,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step (forward, backward, clip, update); returns the detached loss and logits."""
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(x.device, opts.amp):
+    with _autocast(x.device, opts.amp, cache=not opts.cuda_graph):
         out = model(x)
     loss, logits = compute_loss(out, y, multilabel, opts.aux_weight, opts.label_smoothing)
     if scaler is not None:
@@ -226,6 +228,11 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
     if env.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     metrics: dict[str, Any] = dict(resume.get("last_eval", {})) if resume is not None else {}
+    graphed = None
+    if opts.cuda_graph:
+        from unrealnas.cuda_graph import GraphedStep
+
+        graphed = GraphedStep(lambda x, y: train_step(model, optimizer, x, y, opts, target.multilabel))
     ran = 0
     board = RunBoard(run_dir, first_step=start + 1) if env.is_main else None
     for epoch in range(start, opts.epochs):
@@ -245,7 +252,10 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
         for x, y in batches:
             if opts.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, logits = train_step(model, optimizer, x, y, opts, target.multilabel, scaler)
+            if graphed is not None:  # lr and drop path are constant within an epoch: one graph per epoch
+                loss, logits = graphed((epoch, tuple(x.shape)), x, y)
+            else:
+                loss, logits = train_step(model, optimizer, x, y, opts, target.multilabel, scaler)
             loss_sum += loss.double() * len(y)
             if not target.multilabel:
                 correct += (logits.argmax(1) == y).sum()

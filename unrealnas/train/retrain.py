@@ -36,6 +36,7 @@ from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
+from unrealnas.train.graphed import use_train_cuda_graph
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
 
@@ -180,6 +181,8 @@ def loop_options(cfg: DictConfig, device: torch.device, target: Target, env: dis
         momentum=float(t.momentum), weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip),
         aux_weight=float(t.auxiliary_weight), drop_path=float(t.drop_path), label_smoothing=float(t.label_smoothing),
         amp=None if amp == "off" else str(amp), channels_last=cl, eval_every=int(t.eval_every),
+        cuda_graph=use_train_cuda_graph(str(t.cuda_graph), device, str(t.optimizer), None if amp == "off" else str(amp),
+                                        env.distributed),
     )
 
 

@@ -1,0 +1,35 @@
+"""``train.cuda_graph``: the retraining step (forward, backward, clip, SGD) replayed as one CUDA graph.
+
+The step is captured once per (epoch, batch shape): the learning rate and the drop-path
+probability are constants within an epoch, so a new epoch recaptures (two eager warm-up steps
+and a capture, about three steps' cost, against ~260 replays of a paper epoch). The capture is
+:class:`unrealnas.cuda_graph.GraphedStep` around the loop's own ``train_step``. Drop-path masks
+are drawn by the CUDA generator inside the graph (torch.cuda.graph advances its offset per
+replay): seeded per epoch as the eager loop is, but not the same masks as eager.
+
+Not captured (auto falls back to eager, ``on`` refuses): CPU, Adam (its step count would need
+``capturable``), fp16 (the grad scaler syncs with the host), DDP (the all-reduce hooks). Unmeasured:
+no GPU was available when this was written; ``tools/gpu_check.py`` runs it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from unrealnas.errors import ConfigError
+
+SETTINGS = ("auto", "on", "off")
+
+
+def use_train_cuda_graph(setting: str, device: torch.device, optimizer: str, amp: str | None,
+                         distributed: bool) -> bool:
+    """Whether ``train.cuda_graph`` captures the step: auto = on CUDA when nothing above rules it out."""
+    if setting not in SETTINGS:
+        raise ConfigError(f"train.cuda_graph={setting!r}: choose auto, on or off")
+    blockers = [why for bad, why in ((device.type != "cuda", f"a CUDA device (this run is on {device})"),
+                                     (optimizer != "sgd", "train.optimizer=sgd"),
+                                     (amp == "fp16", "train.amp other than fp16"),
+                                     (distributed, "a single process (no DDP)")) if bad]
+    if setting == "on" and blockers:
+        raise ConfigError(f"train.cuda_graph=on needs {blockers[0]}; use auto or off")
+    return setting != "off" and not blockers
