@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task, dependency_of, submit_array, wait_all
+from unrealnas.results.collect import MISSING, SAMPLED_METHODS
 
 # Keys the pipeline sets per task from the experiment; a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method", "train", "train.target", "seed",
@@ -303,16 +304,22 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     run_dirs: dict[str, list[Any]] = {}
     seen_data: set[Path] = set()
     for method in exp.methods:
-        for dataset in exp.datasets:
-            for classes in list(exp.num_classes.get(dataset) or [None]):
-                cell_ovs = [*base, f"search={method}", f"data={dataset}",
+        # A sampled method (the random baseline) has one cell per seed whatever the datasets.
+        sampled = str(method) in SAMPLED_METHODS
+        for dataset in [None] if sampled else exp.datasets:
+            for classes in [None] if sampled else list(exp.num_classes.get(dataset) or [None]):
+                cell_ovs = [*base, f"search={method}", *([f"data={dataset}"] if dataset is not None else []),
                             *([f"data.num_classes={int(classes)}"] if classes is not None else []),
                             *exp.search_overrides, *paths]
                 cfg0 = compose_config([*cell_ovs, f"seed={seeds[0]}"])
-                check_search_data(cfg0, dataset)
-                label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
-                cell = [str(method), str(cfg0.data.name), label, n_cls]
-                group = "/".join([*cell[:3], f"c{n_cls}"])
+                if sampled:
+                    cell = [str(method), MISSING, MISSING, None]
+                    group = "/".join(cell[:3])
+                else:
+                    check_search_data(cfg0, dataset)
+                    label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
+                    cell = [str(method), str(cfg0.data.name), label, n_cls]
+                    group = "/".join([*cell[:3], f"c{n_cls}"])
                 for t_entry in order:
                     table_target = exp.retrain[t_entry].target + ("_pt" if exp.retrain[t_entry].pretrained_from else "")
                     if [*cell, table_target] not in expected:
@@ -323,8 +330,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                     scfg = copy.deepcopy(cfg0)
                     scfg.seed = seed
                     ovs = [*cell_ovs, f"seed={seed}"]
-                    ddir = dataset_dir(scfg).absolute()
-                    if ddir not in seen_data:
+                    ddir = None if sampled else dataset_dir(scfg).absolute()
+                    if ddir is not None and ddir not in seen_data:
                         seen_data.add(ddir)
                         stages["generate"].tasks.append(Task("generate", ovs, run_dir=ddir, stage="generate",
                                                              group=f"{dataset}/{label}/c{n_cls}"))

@@ -28,7 +28,8 @@ SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a f
 PAPER_METRICS = {"cifar10": ("top1_err",), "cifar100": ("top1_err",), "imagenet": ("top1_err", "top5_err"),
                  "chexpert": ("auroc",), SEARCH_TARGET: ("val_acc",)}
 METRIC_ORDER = ("top1_err", "top5_err", "auroc", "val_acc")
-METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)"}
+METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)",
+                "random": "Random cell"}
 DATA_ORDER = ("rlrd", "rlgd", "rlrn", "cifar10", "cifar100")
 TARGET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "chexpert": "CheXpert",
                 "search": "search"}

@@ -34,6 +34,7 @@ from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
+from unrealnas.search.random import is_sampled, run_sampled, sampled_run_id
 
 CHECKPOINT = "checkpoint.pt"
 # Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).
@@ -42,6 +43,8 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 
 def search_run_id(cfg: DictConfig) -> str:
     """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
+    if is_sampled(cfg.search.method):
+        return sampled_run_id(cfg)
     s = OmegaConf.to_container(cfg.search, resolve=True)
     for k in ("checkpoint_every", "eval_every", "compile"):
         s.pop(k, None)  # bookkeeping only: same search, same id
@@ -326,6 +329,8 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
     if is_complete(run_dir):
         say(f"{run_dir}: already completed, nothing to do")
         return run_dir
+    if is_sampled(cfg.search.method):
+        return run_sampled(cfg, run_dir, say)  # the random baseline: no dataset, no supernet
     folder = ensure_dataset(cfg, say)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
