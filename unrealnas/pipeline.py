@@ -170,6 +170,8 @@ def _check_experiment(exp: DictConfig, name: str) -> None:
             fail(f"num_classes.{d}", f"{list(counts)}; give distinct class counts >= 2")
     if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
         fail("seeds", f"{list(exp.seeds)}; give one or more distinct seeds")
+    if len(set(exp.retrain_seeds)) != len(exp.retrain_seeds):
+        fail("retrain_seeds", f"{list(exp.retrain_seeds)}; give distinct seeds, or [] for the search's seed")
     for entry, spec in exp.retrain.items():
         if not _NAME.match(entry):
             fail(f"retrain.{entry}", "use a plain name (letters, digits, _ . -)")
@@ -265,6 +267,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     paths = [f"paths.runs={quote_override(runs_dir)}", f"paths.data={quote_override(data_dir)}"]
     notes: list[str] = []
     seeds = [int(s) for s in exp.seeds]
+    retrain_seeds = [int(s) for s in exp.retrain_seeds]
     order = _retrain_order(exp)
     stage_of = {e: exp.retrain[e].stage or ("finetune" if exp.retrain[e].pretrained_from else "retrain")
                 for e in order}
@@ -338,20 +341,22 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                     sdir = search_run_dir(scfg).absolute()
                     stages["search"].tasks.append(Task("search", ovs, run_dir=sdir, stage="search", group=group))
                     run_dirs[str(sdir)] = ["search", *cell, None]
-                    train_dirs: dict[str, Path] = {}
-                    for t_entry in order:
-                        spec = exp.retrain[t_entry]
-                        rid = f"{t_entry}-{sdir.name}"
-                        tdir = runs_dir / "train" / rid
-                        train_dirs[t_entry] = tdir
-                        t_ovs = [*retrain_base[t_entry], f"genotype={quote_override(sdir)}", f"seed={seed}",
-                                 f"train.run_id={rid}"]
-                        if spec.pretrained_from is not None:
-                            t_ovs.append(f"train.pretrained={quote_override(train_dirs[spec.pretrained_from])}")
-                        table_target = spec.target + ("_pt" if spec.pretrained_from else "")
-                        stages[stage_of[t_entry]].tasks.append(Task(
-                            "retrain", t_ovs, run_dir=tdir, stage="train", group=f"{table_target}/{group}"))
-                        run_dirs[str(tdir)] = ["train", *cell, table_target]
+                    # Several retrain seeds per search separate retrain noise from the architecture's effect.
+                    for t_seed in retrain_seeds or [seed]:
+                        train_dirs: dict[str, Path] = {}
+                        for t_entry in order:
+                            spec = exp.retrain[t_entry]
+                            rid = f"{t_entry}-{sdir.name}" + (f"-r{t_seed}" if retrain_seeds else "")
+                            tdir = runs_dir / "train" / rid
+                            train_dirs[t_entry] = tdir
+                            t_ovs = [*retrain_base[t_entry], f"genotype={quote_override(sdir)}", f"seed={t_seed}",
+                                     f"train.run_id={rid}"]
+                            if spec.pretrained_from is not None:
+                                t_ovs.append(f"train.pretrained={quote_override(train_dirs[spec.pretrained_from])}")
+                            table_target = spec.target + ("_pt" if spec.pretrained_from else "")
+                            stages[stage_of[t_entry]].tasks.append(Task(
+                                "retrain", t_ovs, run_dir=tdir, stage="train", group=f"{table_target}/{group}"))
+                            run_dirs[str(tdir)] = ["train", *cell, table_target]
 
     tables_dir = runs_dir / "tables" / name
     table_task = Task(TABLE_VERB, [f"plan={quote_override(tables_dir / PLAN_FILE)}"], run_dir=tables_dir, stage="table",
@@ -359,7 +364,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     ordered = [stages["generate"], stages["search"], *(s for k, s in stages.items() if k not in ("generate", "search"))]
     table = Stage("table", [table_task], _launcher_for(cfg, "table"), tuple(s.name for s in ordered), "afterany")
     launcher_folder = Path(str(cfg.launcher.folder)).expanduser().absolute()
-    return Plan(name, str(exp.description), [*ordered, table], runs_dir, tables_dir, launcher_folder, len(seeds),
+    return Plan(name, str(exp.description), [*ordered, table], runs_dir, tables_dir, launcher_folder,
+                len(seeds) * max(1, len(retrain_seeds)),
                 expected, run_dirs, int(cfg.seed), notes, bool(exp.plots))
 
 
@@ -434,6 +440,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     """Build the tables (and figures) of one planned sweep from its run directories; return the folder."""
     from unrealnas.io import write_bytes_atomic, write_json_atomic
     from unrealnas.results.collect import collect_results, launch_failures
+    from unrealnas.results.stats import search_notes
     from unrealnas.results.tables import SUFFIXES, build_table, render
 
     say = progress or _say
@@ -450,7 +457,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     expected = [((m, d, lab, c), t) for m, d, lab, c, t in plan["expected"]]
     title = f"{plan['experiment']}: {plan.get('description') or ''}".strip().rstrip(":")
     table = build_table(collection, repeats=int(plan["repeats"]), failures=failures, expected=expected,
-                        notes=plan.get("notes", []), title=title)
+                        notes=[*plan.get("notes", []), *search_notes(collection)], title=title)
     files = []
     for fmt, suffix in SUFFIXES.items():
         path = out / f"table{suffix}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unrealnas.results.collect import Cell, RunResult
+from unrealnas.results.collect import Cell, Collection, RunResult
 
 RANDOM_METHOD = "random"
 TRUE_LABEL = "true"
@@ -167,4 +167,27 @@ def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], 
                 texts.append("ref" if is_ref else "-" if diff is None else diff.text())
             lines.append(f"| {name} | {column} | {texts[0]} | {texts[1]} |")
     lines += ["", LEGEND]
+    return lines
+
+
+def search_notes(collection: Collection) -> list[str]:
+    """One line per searched cell: mean entropy of softmax(alpha) at the start and end, and architecture steps."""
+    from unrealnas.results.tables import architecture_name
+
+    by_cell: dict[Cell, list[RunResult]] = defaultdict(list)
+    for r in collection.completed("search"):
+        if "alpha_entropy_end" in r.metrics:
+            by_cell[r.cell].append(r)
+    lines = []
+    for cell in sorted(by_cell, key=str):
+        runs = by_cell[cell]
+
+        def mean(key: str, runs: list[RunResult] = runs) -> float:
+            vals = [r.metrics[key] for r in runs if key in r.metrics]
+            return math.fsum(vals) / len(vals) if vals else float("nan")
+
+        steps = sorted({int(r.metrics.get("arch_steps", 0)) for r in runs})
+        lines.append(f"{architecture_name(cell)}: softmax(alpha) entropy {mean('alpha_entropy_start'):.4f} -> "
+                     f"{mean('alpha_entropy_end'):.4f} nats (mean of {len(runs)} searches; uniform over the 8 DARTS ops = "
+                     f"{math.log(8):.4f}), {'/'.join(map(str, steps))} architecture steps per search")
     return lines

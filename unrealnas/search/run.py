@@ -141,6 +141,8 @@ class SearchRun:
         self.sgas = (SGASState(nodes=s.nodes, base_batch_size=s.batch_size, batch_increase=s.sgas.batch_increase,
                                history_size=s.sgas.history_size) if s.method.startswith("sgas") else None)
         self.forward = torch.compile(self.model) if s.compile else self.model
+        # Before any step (and before a resume): the initial alphas are a function of the seed.
+        self.alpha_entropy_start = alpha_entropy(*self.model.alpha_softmax())
         self.epoch, self.batch = 0, 0
         self.meters = _zero_meters()
         self.hparams = {"weight_decay": wd, "arch_weight_decay": arch_wd, "split": self.split}
@@ -258,6 +260,8 @@ class SearchRun:
                "val_loss": val_loss, "val_acc": val_acc, "seconds": m["seconds"],
                "images_per_s": m["seen"] / m["seconds"] if m["seconds"] else None,
                "batch_size": self.train_loader.batch_size, "skip_normal": skip_normal, "skip_reduce": skip_reduce,
+               "alpha_entropy": alpha_entropy(p_normal, p_reduce),
+               "arch_steps": 0 if epoch < s.warmup_epochs else self.batch,  # one architecture step per batch
                "genotype": genotype.to_json(), "alphas_softmax": {"normal": p_normal.tolist(), "reduce": p_reduce.tolist()},
                "sgas_decisions": decisions}
         # metrics first, then the checkpoint: a crash in between repeats this epoch, and resume
@@ -293,6 +297,12 @@ class SearchRun:
             seen += len(y)
         self.model.train()
         return float(loss_sum) / max(seen, 1), 100.0 * int(correct) / max(seen, 1)
+
+
+def alpha_entropy(p_normal: torch.Tensor, p_reduce: torch.Tensor) -> float:
+    """Mean entropy (nats) of the op distribution softmax(alpha) over every edge of both cells (uniform: ln 8)."""
+    p = torch.cat([p_normal.detach().float().cpu(), p_reduce.detach().float().cpu()])
+    return float(torch.special.entr(p).sum(-1).mean())
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -367,7 +377,10 @@ def finish(run: SearchRun, started: float) -> None:
         "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
         "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
         "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-                    "skip_normal": skip_normal, "skip_reduce": skip_reduce},
+                    "skip_normal": skip_normal, "skip_reduce": skip_reduce,
+                    "alpha_entropy_start": run.alpha_entropy_start,
+                    "alpha_entropy_end": alpha_entropy(*run.model.alpha_softmax()),
+                    "arch_steps": sum(int(r.get("arch_steps") or 0) for r in rows)},
         "params_m": None, hours_key: compute_s / 3600.0, "wall_s": time.time() - started, "compute_s": compute_s,
         "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
