@@ -50,3 +50,18 @@ def test_retrain_seeds_retrain_each_search_several_times(tmp_path):
     assert {t.run_dir.name.rsplit("-", 1)[1] for t in first} == {"r0", "r1", "r2"}
     with pytest.raises(ConfigError, match="retrain_seeds"):
         _plan(tmp_path, "experiment.retrain_seeds=[1,1]")
+
+
+def test_mini_distinguishability_plans_twenty_architectures_on_the_searches_datasets(tmp_path):
+    from unrealnas.analysis.plan import plan_analysis
+
+    ovs = ["+experiment=mini", f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}"]
+    cfg = compose_config(ovs)
+    plan = plan_analysis("distinguishability", cfg, ovs)
+    assert len(plan.archs) >= 20 and plan.spec["target"] == "digits"
+    fit = plan.stages[1]
+    assert len(fit.tasks) == 20 * (3 + 1)  # each architecture on RLRN, RLGD, RLRD, and trained on the digits
+    # The analysis fits the searches' own seed-0 datasets: the pipeline has generated them already.
+    pipeline = plan_pipeline(cfg, ovs)
+    searched = {t.run_dir for t in pipeline.stage("generate").tasks}
+    assert {t.run_dir for t in plan.stages[0].tasks} <= searched
