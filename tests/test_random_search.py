@@ -10,6 +10,7 @@ from unrealnas.config import compose_config
 from unrealnas.nas.genotype import RANDOM_SEARCH_STREAM, Genotype, sample_genotype
 from unrealnas.pipeline import plan_pipeline
 from unrealnas.results.collect import collect_results, parse_group, parse_result
+from unrealnas.results.figures import _label as figure_label
 from unrealnas.results.tables import architecture_name, build_table, render
 from unrealnas.search.run import search_run_dir
 
@@ -75,3 +76,4 @@ def test_random_rows_are_ordinary_table_rows(tmp_path):
     md = render(table, "markdown")
     assert "| Random cell | 20.00 (21.00±1.41) n=2 |" in md and "| 0 |" in md  # zero search cost
     assert "random,-,-,,digits,top1_err,2,20.0,21.0," in render(table, "csv")
+    assert figure_label(row.cell) == "random"  # legends of the learning curves and cell drawings
