@@ -60,11 +60,13 @@ def test_local_pipeline_runs_every_stage_then_resubmits_nothing(tmp_path, capsys
     assert _records(runs) == {"generate": 1, "search": 1, "retrain": 1, "table": 1}  # one array per stage
     rows = _csv(runs)
     assert {(r["method"], r["search_data"], r["num_classes"], r["target"]) for r in rows} == {
-        ("darts", "rlrn", "10", "digits")}
+        ("darts", "rlrn", "10", "digits"), ("random", "-", "", "digits")}  # the random cells are a row of their own
     assert all(r["n"] == "2" and r["flags"] == "" for r in rows), rows  # n = the 2 seeds of the smoke overlay
     assert all(t.state == "done" for t in status(runs).tasks)
     results = [json.loads(p.read_text()) for p in (runs / "train").glob("*/result.json")]
-    assert sorted(r["seed"] for r in results) == [0, 1] and all(r["search_data"] == "rlrn" for r in results)
+    assert sorted((r["method"], r["seed"], r["search_data"]) for r in results) == [
+        ("darts", 0, "rlrn"), ("darts", 1, "rlrn"), ("random", 0, None), ("random", 1, None)]
+    assert all(r["vs_random_ci"] in ("t", "ref") for r in rows)  # each row against the random cells
 
     # Resubmitting the finished sweep submits nothing, not even the table.
     run = run_pipeline(_plan(_smoke(tmp_path)))
@@ -74,7 +76,7 @@ def test_local_pipeline_runs_every_stage_then_resubmits_nothing(tmp_path, capsys
 
 def test_failed_tasks_are_reported_in_status_and_table(tmp_path, capsys):
     runs = tmp_path / "runs"
-    overrides = _smoke(tmp_path)
+    overrides = _smoke(tmp_path, "experiment.methods=[darts]")  # a random cell reads no checkpoint
     plan = _plan(overrides)
     for task in plan.stage("search").tasks:
         # A corrupt checkpoint: the search refuses to resume from it and fails at once.
@@ -96,13 +98,13 @@ def test_failed_tasks_are_reported_in_status_and_table(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name, stages", [
-    ("smoke", {"generate": 4, "search": 4, "retrain": 4, "table": 1}),
+    ("smoke", {"generate": 4, "search": 6, "retrain": 6, "table": 1}),
     ("table2", {"generate": 20, "search": 20, "retrain": 40, "table": 1}),
     ("table3", {"generate": 20, "search": 20, "retrain_imagenet": 20, "table": 1}),
     ("table4", {"generate": 20, "search": 20, "retrain_imagenet": 20, "retrain": 20, "finetune": 20, "table": 1}),
     ("table5", {"generate": 15, "search": 30, "retrain": 30, "table": 1}),
     ("classes", {"generate": 110, "search": 110, "retrain": 110, "table": 1}),
-    ("mini", {"generate": 30, "search": 30, "retrain": 30, "table": 1}),
+    ("mini", {"generate": 20, "search": 25, "retrain": 50, "table": 1}),  # 5 seeds x 2 retrain seeds
     ("skips", {"generate": 20, "search": 20, "table": 1}),
 ])
 def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, stages):
@@ -113,7 +115,7 @@ def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, sta
     extra = roots[:1] if name == "table3" else roots if name == "table4" else []
     plan = _plan([f"+experiment={name}", f"paths.runs={tmp_path / 'runs'}", f"data.root={cifar_root}", *extra])
     assert {s.name: len(s.tasks) for s in plan.stages} == stages
-    assert plan.repeats == (2 if name == "smoke" else 5)
+    assert plan.repeats == {"smoke": 2, "mini": 10}.get(name, 5)
     assert plan.stage("search").kind == "afterok" and plan.stage("search").after == ("generate",)
     assert plan.stage("table").kind == "afterany"
     search_dirs = {t.run_dir for t in plan.stage("search").tasks}
@@ -136,8 +138,8 @@ def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, sta
 def test_mini_needs_no_data_folder_and_searches_rlrd_on_the_digits(tmp_path):
     plan = _plan(["+experiment=mini", f"paths.runs={tmp_path / 'runs'}"])  # no data.root: everything ships offline
     groups = {t.group for t in plan.stage("search").tasks}
-    assert groups == {"darts/rlrn/random/c10", "darts/rlgd/random/c10", "darts/rlrd/random/c2",
-                      "darts/rlrd/random/c10", "darts/rlrd/random/c100", "darts/digits/true/c10"}
+    assert groups == {"darts/rlrn/random/c10", "darts/rlgd/random/c10", "darts/rlrd/random/c10",
+                      "darts/digits/true/c10", "random/-/-"}
     cfg = compose_config([*plan.stage("search").tasks[0].overrides])
     assert cfg.data.source == "digits" and cfg.launcher.local_workers == 2 and cfg.train.target == "cifar10"
     retrain = compose_config([*plan.stage("retrain").tasks[0].overrides])
@@ -198,5 +200,5 @@ def test_slurm_launcher_without_slurm_says_so_and_suggests_local(tmp_path, monke
 def test_dry_run_lists_the_tasks_and_runs_nothing(tmp_path, capsys):
     assert cli.main(["pipeline", *_smoke(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "search: 2 task(s), 2 to run (afterok generate)" in out
+    assert "search: 4 task(s), 4 to run (afterok generate)" in out  # 2 DARTS searches, 2 random cells
     assert "unrealnas retrain" in out and not (tmp_path / "runs").exists()

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task, dependency_of, submit_array, wait_all
 from unrealnas.launch.packing import pack_search_tasks, resolve_pack_seeds
+from unrealnas.results.collect import MISSING, SAMPLED_METHODS
 
 # Keys the pipeline sets per task from the experiment; a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method", "train", "train.target", "seed",
@@ -171,6 +172,8 @@ def _check_experiment(exp: DictConfig, name: str) -> None:
             fail(f"num_classes.{d}", f"{list(counts)}; give distinct class counts >= 2")
     if not exp.seeds or len(set(exp.seeds)) != len(exp.seeds):
         fail("seeds", f"{list(exp.seeds)}; give one or more distinct seeds")
+    if len(set(exp.retrain_seeds)) != len(exp.retrain_seeds):
+        fail("retrain_seeds", f"{list(exp.retrain_seeds)}; give distinct seeds, or [] for the search's seed")
     for entry, spec in exp.retrain.items():
         if not _NAME.match(entry):
             fail(f"retrain.{entry}", "use a plain name (letters, digits, _ . -)")
@@ -269,6 +272,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     pack = resolve_pack_seeds(cfg, _launcher_for(cfg, "search"))
     if pack > 1:
         notes.append(f"search tasks pack up to {pack} seeds each (launcher.pack_seeds; one process per pack)")
+    retrain_seeds = [int(s) for s in exp.retrain_seeds]
     order = _retrain_order(exp)
     stage_of = {e: exp.retrain[e].stage or ("finetune" if exp.retrain[e].pretrained_from else "retrain")
                 for e in order}
@@ -308,16 +312,22 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     run_dirs: dict[str, list[Any]] = {}
     seen_data: set[Path] = set()
     for method in exp.methods:
-        for dataset in exp.datasets:
-            for classes in list(exp.num_classes.get(dataset) or [None]):
-                cell_ovs = [*base, f"search={method}", f"data={dataset}",
+        # A sampled method (the random baseline) has one cell per seed whatever the datasets.
+        sampled = str(method) in SAMPLED_METHODS
+        for dataset in [None] if sampled else exp.datasets:
+            for classes in [None] if sampled else list(exp.num_classes.get(dataset) or [None]):
+                cell_ovs = [*base, f"search={method}", *([f"data={dataset}"] if dataset is not None else []),
                             *([f"data.num_classes={int(classes)}"] if classes is not None else []),
                             *exp.search_overrides, *paths]
                 cfg0 = compose_config([*cell_ovs, f"seed={seeds[0]}"])
-                check_search_data(cfg0, dataset)
-                label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
-                cell = [str(method), str(cfg0.data.name), label, n_cls]
-                group = "/".join([*cell[:3], f"c{n_cls}"])
+                if sampled:
+                    cell = [str(method), MISSING, MISSING, None]
+                    group = "/".join(cell[:3])
+                else:
+                    check_search_data(cfg0, dataset)
+                    label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
+                    cell = [str(method), str(cfg0.data.name), label, n_cls]
+                    group = "/".join([*cell[:3], f"c{n_cls}"])
                 for t_entry in order:
                     table_target = exp.retrain[t_entry].target + ("_pt" if exp.retrain[t_entry].pretrained_from else "")
                     if [*cell, table_target] not in expected:
@@ -329,28 +339,30 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                     scfg = copy.deepcopy(cfg0)
                     scfg.seed = seed
                     ovs = [*cell_ovs, f"seed={seed}"]
-                    ddir = dataset_dir(scfg).absolute()
-                    if ddir not in seen_data:
+                    ddir = None if sampled else dataset_dir(scfg).absolute()
+                    if ddir is not None and ddir not in seen_data:
                         seen_data.add(ddir)
                         stages["generate"].tasks.append(Task("generate", ovs, run_dir=ddir, stage="generate",
                                                              group=f"{dataset}/{label}/c{n_cls}"))
                     sdir = search_run_dir(scfg).absolute()
                     cell_dirs.append(sdir)
                     run_dirs[str(sdir)] = ["search", *cell, None]
-                    train_dirs: dict[str, Path] = {}
-                    for t_entry in order:
-                        spec = exp.retrain[t_entry]
-                        rid = f"{t_entry}-{sdir.name}"
-                        tdir = runs_dir / "train" / rid
-                        train_dirs[t_entry] = tdir
-                        t_ovs = [*retrain_base[t_entry], f"genotype={quote_override(sdir)}", f"seed={seed}",
-                                 f"train.run_id={rid}"]
-                        if spec.pretrained_from is not None:
-                            t_ovs.append(f"train.pretrained={quote_override(train_dirs[spec.pretrained_from])}")
-                        table_target = spec.target + ("_pt" if spec.pretrained_from else "")
-                        stages[stage_of[t_entry]].tasks.append(Task(
-                            "retrain", t_ovs, run_dir=tdir, stage="train", group=f"{table_target}/{group}"))
-                        run_dirs[str(tdir)] = ["train", *cell, table_target]
+                    # Several retrain seeds per search separate retrain noise from the architecture's effect.
+                    for t_seed in retrain_seeds or [seed]:
+                        train_dirs: dict[str, Path] = {}
+                        for t_entry in order:
+                            spec = exp.retrain[t_entry]
+                            rid = f"{t_entry}-{sdir.name}" + (f"-r{t_seed}" if retrain_seeds else "")
+                            tdir = runs_dir / "train" / rid
+                            train_dirs[t_entry] = tdir
+                            t_ovs = [*retrain_base[t_entry], f"genotype={quote_override(sdir)}", f"seed={t_seed}",
+                                     f"train.run_id={rid}"]
+                            if spec.pretrained_from is not None:
+                                t_ovs.append(f"train.pretrained={quote_override(train_dirs[spec.pretrained_from])}")
+                            table_target = spec.target + ("_pt" if spec.pretrained_from else "")
+                            stages[stage_of[t_entry]].tasks.append(Task(
+                                "retrain", t_ovs, run_dir=tdir, stage="train", group=f"{table_target}/{group}"))
+                            run_dirs[str(tdir)] = ["train", *cell, table_target]
                 # launcher.pack_seeds: the cell's seeds in packed search tasks (unrealnas.launch.packing)
                 stages["search"].tasks += pack_search_tasks(cell_ovs, seeds, cell_dirs, group, pack, str(cfg0.search.method))
 
@@ -360,7 +372,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     ordered = [stages["generate"], stages["search"], *(s for k, s in stages.items() if k not in ("generate", "search"))]
     table = Stage("table", [table_task], _launcher_for(cfg, "table"), tuple(s.name for s in ordered), "afterany")
     launcher_folder = Path(str(cfg.launcher.folder)).expanduser().absolute()
-    return Plan(name, str(exp.description), [*ordered, table], runs_dir, tables_dir, launcher_folder, len(seeds),
+    return Plan(name, str(exp.description), [*ordered, table], runs_dir, tables_dir, launcher_folder,
+                len(seeds) * max(1, len(retrain_seeds)),
                 expected, run_dirs, int(cfg.seed), notes, bool(exp.plots))
 
 
@@ -439,6 +452,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     """Build the tables (and figures) of one planned sweep from its run directories; return the folder."""
     from unrealnas.io import write_bytes_atomic, write_json_atomic
     from unrealnas.results.collect import collect_results, launch_failures
+    from unrealnas.results.stats import search_notes
     from unrealnas.results.tables import SUFFIXES, build_table, render
 
     say = progress or _say
@@ -455,7 +469,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     expected = [((m, d, lab, c), t) for m, d, lab, c, t in plan["expected"]]
     title = f"{plan['experiment']}: {plan.get('description') or ''}".strip().rstrip(":")
     table = build_table(collection, repeats=int(plan["repeats"]), failures=failures, expected=expected,
-                        notes=plan.get("notes", []), title=title)
+                        notes=[*plan.get("notes", []), *search_notes(collection)], title=title)
     files = []
     for fmt, suffix in SUFFIXES.items():
         path = out / f"table{suffix}"

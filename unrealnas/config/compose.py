@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from unrealnas.errors import ConfigError
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
-SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
+SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2", "random")
 SPLITS = ("same_flipped", "other_half")
 
 

@@ -39,6 +39,7 @@ class ExperimentConfig:
     num_classes: dict[str, list[int]] = field(default_factory=dict)  # per dataset; absent = the data group's default
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # repeats: one search per seed and cell
     retrain: dict[str, RetrainSpec] = field(default_factory=dict)  # name -> retrain of every search; empty = none
+    retrain_seeds: list[int] = field(default_factory=list)  # seeds of each search's retrains; empty = the search's seed
     search_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of every generate/search task
     stage_launcher: dict[str, dict[str, Any]] = field(default_factory=default_stage_launchers)  # per array name
     plots: bool = True  # the table stage also draws the figures

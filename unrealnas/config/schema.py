@@ -65,7 +65,7 @@ class SGASConfig:
 
 @dataclass
 class SearchConfig:
-    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2
+    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | random (a sampled cell, no search)
     layers: int = 8  # cells in the supernet
     init_channels: int = 16  # channels of the first cell
     nodes: int = 4  # intermediate nodes per cell

@@ -8,7 +8,7 @@ Default (``launcher.pack_seeds=null``): 5 where the search jobs get a GPU, 1 on 
 iteration is launch-bound, so S packed seeds cost about one seed's kernel launches (the 5 seeds of
 a paper cell in about the time of one); on a CPU the work is compute-bound, packing saves nothing
 and a pack would hold S seeds in one process that ``launcher.local_workers`` could run in parallel.
-Second-order DARTS is never packed.
+Second-order DARTS and the random baseline are never packed.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def resolve_pack_seeds(cfg: DictConfig, launcher: DictConfig | None = None) -> i
 def pack_search_tasks(cell_overrides: Sequence[str], seeds: Sequence[int], run_dirs: Sequence[Path], group: str,
                       pack: int, method: str) -> list[Task]:
     """The search tasks of one cell: chunks of ``pack`` seeds (``seeds=[...]``), single seeds as ``seed=N``."""
-    if method == "darts2":
+    if method in ("darts2", "random"):  # per-seed second-order steps; a sampled cell has no iterations
         pack = 1
     tasks = []
     for i in range(0, len(seeds), pack):

@@ -256,14 +256,20 @@ def get_known_genotype(name: str) -> Genotype:
         raise ConfigError(f"unknown genotype {name!r}; known: {', '.join(KNOWN_GENOTYPES)}") from None
 
 
-def sample_genotype(seed: int, nodes: int = 4) -> Genotype:
+PROBE_STREAM = 0x6E6173
+"""Seed stream of the analyses' probe architectures (``sample_genotype``'s default)."""
+RANDOM_SEARCH_STREAM = 0x72616E64
+"""Seed stream of ``search=random``: its cells are not the analyses' probe nets of the same seed."""
+
+
+def sample_genotype(seed: int, nodes: int = 4, stream: int = PROBE_STREAM) -> Genotype:
     """A uniform random architecture of the DARTS space (the probe nets of the paper's Fig. 1).
 
     Each intermediate node takes two distinct inputs among the cell inputs and earlier nodes, each
     through an op drawn uniformly from the candidates other than ``none`` (the DARTS derivation
-    never keeps ``none``). The same seed gives the same genotype on every platform.
+    never keeps ``none``). The same (seed, stream) gives the same genotype on every platform.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x6E6173]))
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(stream)]))
     ops = [op for k, op in enumerate(PRIMITIVES) if k != NONE_INDEX]
 
     def cell() -> tuple[Pair, ...]:

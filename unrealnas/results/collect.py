@@ -25,6 +25,7 @@ KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
 LABELS = ("random", "true")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
+SAMPLED_METHODS = ("random",)  # searches that sample their cell: no search data, label or classes (MISSING)
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
 # Cell of a sweep: (method, search_data, search_label, num_classes); a table row groups by it.
@@ -167,9 +168,10 @@ def parse_result(run_dir: Path, data: Any) -> RunResult:
         if method is None:
             raise Malformed("a completed run needs its method")
         if kind == "search":
+            # A sampled cell (random) has no search data, label or class count, like a published genotype.
             for key, value in (("search_data", search_data), ("search_label", search_label),
                                ("num_classes", num_classes)):
-                if value is None:
+                if value is None and method not in SAMPLED_METHODS:
                     raise Malformed(f"a completed search needs {key}")
         else:
             if target is None:
@@ -237,7 +239,7 @@ def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
         if len(parts) < 4:
             return None, None
         target, parts = parts[0], parts[1:]
-    if len(parts) not in (3, 4) or parts[2] not in LABELS:
+    if len(parts) not in (3, 4) or parts[2] not in (*LABELS, MISSING):
         return None, target
     classes = None
     if len(parts) == 4:

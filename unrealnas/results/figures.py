@@ -21,7 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from unrealnas.io import atomic_path, read_jsonl
-from unrealnas.results.collect import Cell, Collection, collect_results
+from unrealnas.results.collect import MISSING, Cell, Collection, collect_results
 from unrealnas.results.tables import PAPER_METRICS, TARGET_NAMES, lower_is_better, summarize
 
 FORMATS = ("png", "pdf")
@@ -38,6 +38,8 @@ class PlotReport:
 
 def _label(cell: Cell) -> str:
     method, data, label, classes = cell
+    if data == MISSING:
+        return method  # a cell without search data: the random baseline or a published genotype
     tail = f" c{classes}" if label == "random" and classes is not None else f" ({label} labels)"
     return f"{method} {data}{tail}"
 

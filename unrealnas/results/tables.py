@@ -18,9 +18,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from unrealnas.results.collect import MISSING, PRETRAINED_SUFFIX, Cell, Collection, Failure, RunResult
+from unrealnas.results.stats import (
+    COMPARISON_COLUMNS,
+    Comparison,
+    compare_groups,
+    comparison_csv,
+    render_comparisons,
+)
 
 CSV_COLUMNS = ("method", "search_data", "search_label", "num_classes", "target", "metric", "n", "best", "mean",
-               "std", "flags")
+               "std", "flags", *COMPARISON_COLUMNS)
 FORMATS = ("markdown", "latex", "csv")
 SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a folder without retrains)
 
@@ -28,7 +35,8 @@ SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a f
 PAPER_METRICS = {"cifar10": ("top1_err",), "cifar100": ("top1_err",), "imagenet": ("top1_err", "top5_err"),
                  "chexpert": ("auroc",), SEARCH_TARGET: ("val_acc",)}
 METRIC_ORDER = ("top1_err", "top5_err", "auroc", "val_acc")
-METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)"}
+METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)",
+                "random": "Random cell"}
 DATA_ORDER = ("rlrd", "rlgd", "rlrn", "cifar10", "cifar100")
 TARGET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "chexpert": "CheXpert",
                 "search": "search"}
@@ -76,6 +84,8 @@ class Table:
     problems: list[str]  # malformed result files that were skipped
     notes: list[str] = field(default_factory=list)
     title: str = ""
+    # (cell, target, metric) -> differences to the true-label control and the random row (results.stats)
+    comparisons: dict[tuple[Cell, str, str], Comparison] = field(default_factory=dict)
 
 
 def summarize(values: Sequence[float], metric: str) -> tuple[float | None, float | None, float | None]:
@@ -197,6 +207,10 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
             rows.append(TableRow(cell[0], cell[1], cell[2], cell[3], target, metric, len(values), best, mean, std,
                                  repeats, params_m, flags, note_ids))
     rows.sort(key=lambda r: (_cell_sort_key(r.cell), _target_key(r.target), _metric_key(r.metric)))
+    row_metrics: dict[tuple[Cell, str], list[str]] = defaultdict(list)
+    for r in rows:
+        row_metrics[(r.cell, r.target)].append(r.metric)
+    comparisons = compare_groups(groups, row_metrics)
 
     cost: dict[Cell, tuple[float, str]] = {}
     for cell, runs in searches.items():
@@ -206,7 +220,7 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
             cost[cell] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days")
         elif cpu:
             cost[cell] = (math.fsum(cpu) / len(cpu), "CPU-hours")
-    return Table(rows, cost, all_failures, list(collection.problems), list(notes), title)
+    return Table(rows, cost, all_failures, list(collection.problems), list(notes), title, comparisons)
 
 
 # ---- rendering ------------------------------------------------------------------------------------------
@@ -342,6 +356,8 @@ def render_markdown(table: Table) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append("")
     lines.append("best (mean±std) over the repeats, sample std (ddof=1), n = completed runs.")
+    lines += render_comparisons(table.comparisons, [(pr.cell, architecture_name(pr.cell)) for pr in _paper_rows(table)],
+                                [(c, _column_name(*c)) for c in columns])
     lines += _footnotes(table)
     lines += [f"note: {n}" for n in table.notes]
     lines += [f"skipped malformed result: {p}" for p in table.problems]
@@ -403,7 +419,7 @@ def render_csv(table: Table) -> str:
     for r in table.rows:
         writer.writerow([r.method, r.search_data, r.search_label, "" if r.num_classes is None else r.num_classes,
                          r.target, r.metric, r.n, _csv_num(r.best), _csv_num(r.mean), _csv_num(r.std),
-                         "; ".join(r.flags)])
+                         "; ".join(r.flags), *comparison_csv(table.comparisons.get((r.cell, r.target, r.metric)))])
     return buf.getvalue()
 
 

@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from unrealnas.config.compose import to_yaml
 from unrealnas.errors import ConfigError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
+from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
 from unrealnas.nas.supernet import CELL_TYPES
@@ -399,6 +400,17 @@ def run_packed(cfg: DictConfig, seeds: Sequence[int], progress: Callable[[str], 
             say(f"{d}: already completed, nothing to do")
     if not todo:
         return dirs
+    # One writer per run directory, as for a single search: a double submission says "already running".
+    with contextlib.ExitStack() as locks:
+        for _, d in todo:
+            locks.enter_context(folder_lock(d))
+        todo = [(c, d) for c, d in todo if not is_complete(d)]  # a writer we raced may have finished some
+        if todo:
+            _run_pack(todo, say)
+    return dirs
+
+
+def _run_pack(todo: Sequence[tuple[DictConfig, Path]], say: Callable[[str], None]) -> None:
     started = time.time()
     runs = []
     for c, d in todo:
@@ -417,7 +429,7 @@ def run_packed(cfg: DictConfig, seeds: Sequence[int], progress: Callable[[str], 
         del runs
         for c, _ in todo:
             run_search(c, say)
-        return dirs
+        return
     for r in runs:
         _trim_metrics(r.run_dir / "metrics.jsonl", r.epoch)
         write_bytes_atomic(r.run_dir / "config.yaml", to_yaml(r.cfg).encode())
@@ -426,4 +438,3 @@ def run_packed(cfg: DictConfig, seeds: Sequence[int], progress: Callable[[str], 
     PackedSearch(runs).run()
     for r in runs:
         finish(r, started)
-    return dirs

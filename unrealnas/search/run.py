@@ -39,6 +39,7 @@ from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.observe import RunBoard, bar
 from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
+from unrealnas.search.random import is_sampled, run_sampled, sampled_run_id
 
 CHECKPOINT = "checkpoint.pt"
 # Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).
@@ -47,6 +48,8 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 
 def search_run_id(cfg: DictConfig) -> str:
     """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
+    if is_sampled(cfg.search.method):
+        return sampled_run_id(cfg)
     s = OmegaConf.to_container(cfg.search, resolve=True)
     for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph"):
         s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
@@ -144,6 +147,8 @@ class SearchRun:
         self.sgas = (SGASState(nodes=s.nodes, base_batch_size=s.batch_size, batch_increase=s.sgas.batch_increase,
                                history_size=s.sgas.history_size) if s.method.startswith("sgas") else None)
         self.forward = torch.compile(self.model) if s.compile else self.model
+        # Before any step (and before a resume): the initial alphas are a function of the seed.
+        self.alpha_entropy_start = alpha_entropy(*self.model.alpha_softmax())
         self.epoch, self.batch = 0, 0
         self.meters = _zero_meters()
         self.hparams = {"weight_decay": wd, "arch_weight_decay": arch_wd, "split": self.split}
@@ -268,6 +273,8 @@ class SearchRun:
                "val_loss": val_loss, "val_acc": val_acc, "seconds": m["seconds"],
                "images_per_s": m["seen"] / m["seconds"] if m["seconds"] else None,
                "batch_size": self.train_loader.batch_size, "skip_normal": skip_normal, "skip_reduce": skip_reduce,
+               "alpha_entropy": alpha_entropy(p_normal, p_reduce),
+               "arch_steps": 0 if epoch < s.warmup_epochs else self.batch,  # one architecture step per batch
                "genotype": genotype.to_json(), "alphas_softmax": {"normal": p_normal.tolist(), "reduce": p_reduce.tolist()},
                "sgas_decisions": decisions}
         # metrics first, then the checkpoint: a crash in between repeats this epoch, and resume
@@ -308,6 +315,12 @@ class SearchRun:
         return float(loss_sum) / max(seen, 1), 100.0 * int(correct) / max(seen, 1)
 
 
+def alpha_entropy(p_normal: torch.Tensor, p_reduce: torch.Tensor) -> float:
+    """Mean entropy (nats) of the op distribution softmax(alpha) over every edge of both cells (uniform: ln 8)."""
+    p = torch.cat([p_normal.detach().float().cpu(), p_reduce.detach().float().cpu()])
+    return float(torch.special.entr(p).sum(-1).mean())
+
+
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
     """Area-resize a whole NCHW split once (CPU presets search on smaller images), keeping its dtype."""
     out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")
@@ -345,6 +358,12 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
     from unrealnas.search.graphs import use_cuda_graph
     from unrealnas.search.packed import packed_seeds, run_packed
 
+    if is_sampled(cfg.search.method):  # the random baseline: no dataset, no supernet
+        run_dir = search_run_dir(cfg)
+        if is_complete(run_dir):
+            say(f"{run_dir}: already completed, nothing to do")
+            return run_dir
+        return run_sampled(cfg, run_dir, say)
     if cfg.get("seeds") is not None:  # packed seeds: S runs in one process (unrealnas.search.packed)
         return run_packed(cfg, packed_seeds(cfg) or [], say)[0]
     if use_cuda_graph(str(cfg.search.cuda_graph), resolve_device(cfg.device), str(cfg.search.method)):
@@ -406,7 +425,10 @@ def finish(run: SearchRun, started: float) -> None:
         "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
         "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
         "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
-                    "skip_normal": skip_normal, "skip_reduce": skip_reduce},
+                    "skip_normal": skip_normal, "skip_reduce": skip_reduce,
+                    "alpha_entropy_start": run.alpha_entropy_start,
+                    "alpha_entropy_end": alpha_entropy(*run.model.alpha_softmax()),
+                    "arch_steps": sum(int(r.get("arch_steps") or 0) for r in rows)},
         "params_m": None, hours_key: compute_s / 3600.0, "wall_s": time.time() - started, "compute_s": compute_s,
         "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
