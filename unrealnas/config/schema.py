@@ -49,6 +49,7 @@ class DataConfig:
     noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
     root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
     source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)
+    seed: Optional[int] = None  # seed of the dataset (images and labels); null = the master seed (which seeds the search)
     id: Optional[str] = None  # dataset folder name under paths.data; null = derived from the parameters
     verify_on_load: bool = True  # check every shard's size and sha256 before training on it
     fractal: FractalConfig = field(default_factory=FractalConfig)

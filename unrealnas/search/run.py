@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.compose import to_yaml
-from unrealnas.data.generators import dataset_dir, generate_dataset
+from unrealnas.data.generators import data_seed, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import MANIFEST
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
@@ -41,7 +41,7 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 
 
 def search_run_id(cfg: DictConfig) -> str:
-    """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
+    """Run id: method, dataset, classes, search seed (and data seed when it differs), plus a hash of the settings."""
     s = OmegaConf.to_container(cfg.search, resolve=True)
     for k in ("checkpoint_every", "eval_every", "compile"):
         s.pop(k, None)  # bookkeeping only: same search, same id
@@ -49,7 +49,9 @@ def search_run_id(cfg: DictConfig) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
     classes = f"-c{d.num_classes}" if d.label == "random" else ""
-    return f"{cfg.search.method}-{d.name}{classes}-s{cfg.seed}-{digest}"
+    dseed = data_seed(d, cfg.seed)
+    data_part = f"-d{dseed}" if dseed != int(cfg.seed) else ""
+    return f"{cfg.search.method}-{d.name}{classes}{data_part}-s{cfg.seed}-{digest}"
 
 
 def search_run_dir(cfg: DictConfig) -> Path:
@@ -360,7 +362,7 @@ def finish(run: SearchRun, started: float) -> None:
     result = {
         "kind": "search", "status": "completed", "method": cfg.search.method, "search_data": cfg.data.name,
         "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
-        "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
+        "data_seed": int(run.manifest["seed"]), "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
         "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
                     "skip_normal": skip_normal, "skip_reduce": skip_reduce},
         "params_m": None, hours_key: compute_s / 3600.0, "wall_s": time.time() - started, "compute_s": compute_s,
