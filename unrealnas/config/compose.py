@@ -95,6 +95,7 @@ def validate_config(cfg: DictConfig) -> None:
     s = cfg.search
     _check(s.method in SEARCH_METHODS, "search.method", s.method, f"choose one of {', '.join(SEARCH_METHODS)}")
     _check(s.split is None or s.split in SPLITS, "search.split", s.split, f"choose one of {', '.join(SPLITS)}")
+    _check(s.num_train >= 0, "search.num_train", s.num_train, "use 0 (train_portion) or a positive image count")
     _check(0.0 < s.train_portion <= 1.0, "search.train_portion", s.train_portion, "use a fraction in (0, 1]")
     _check(s.layers >= 3, "search.layers", s.layers, "use at least 3 cells (two are reductions)")
     _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")

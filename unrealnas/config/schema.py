@@ -85,7 +85,8 @@ class SearchConfig:
     arch_weight_decay: Optional[float] = None  # null = 0 for random labels, 1e-3 for true labels
     alpha_init: str = "zeros"  # zeros (UnrealNAS) | randn (reference: 1e-3 * randn)
     split: Optional[str] = None  # same_flipped | other_half; null = same_flipped for random labels
-    train_portion: float = 0.5  # fraction of the train split used for the weight step
+    num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
+    train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
     channels_last: str = "auto"  # auto (on CUDA) | on | off

@@ -123,7 +123,8 @@ class SearchRun:
         wd = s.weight_decay if s.weight_decay is not None else (0.0 if self.random_labels else 3e-4)
         arch_wd = s.arch_weight_decay if s.arch_weight_decay is not None else (0.0 if self.random_labels else 1e-3)
         self.total_epochs = s.warmup_epochs + s.epochs
-        self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion)
+        self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion,
+                                                         num_train=s.num_train)
         self.val = ValStream(val_loader)
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
         self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
