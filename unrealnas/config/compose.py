@@ -100,6 +100,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.layers >= 3, "search.layers", s.layers, "use at least 3 cells (two are reductions)")
     _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")
     _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
+    _check(s.sgas.normalize_over in ("all", "undecided"), "search.sgas.normalize_over", s.sgas.normalize_over,
+           "choose all (the reference) or undecided")
     _check(s.alpha_init in ("zeros", "randn"), "search.alpha_init", s.alpha_init, "choose zeros or randn")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")

@@ -62,6 +62,7 @@ class SGASConfig:
     decision_freq: int = 5  # then one decision every this many epochs
     history_size: int = 4  # epochs of history for the stability criterion
     batch_increase: int = 8  # batch size grows by this after each decision
+    normalize_over: str = "all"  # min-max of the scores over all 14 edges (reference) | undecided (edges not yet fixed)
 
 
 @dataclass

@@ -242,7 +242,7 @@ class SearchRun:
         decisions = []
         if self.sgas is not None:
             made = end_of_epoch(self.sgas, epoch, self.model, s.sgas.criterion, s.sgas.warmup_dec_epoch,
-                                s.sgas.decision_freq)
+                                s.sgas.decision_freq, s.sgas.normalize_over)
             decisions = [d.__dict__ for d in made]
             self.train_loader.set_batch_size(self.sgas.batch_size)
             self.val.set_batch_size(self.sgas.batch_size)
