@@ -68,6 +68,7 @@ def test_true_labels_use_real_data_defaults(tmp_path, cifar_root):
     run_dir = run_search(_cfg(tmp_path, "data=cifar10", f"data.root={cifar_root}", "data.num_images=null"))
     result = json.loads((run_dir / "result.json").read_text())
     assert result["search_label"] == "true"
+    assert result["precision"] == "fp32" and json.loads((run_dir / "provenance.json").read_text())["precision"] == "fp32"
     assert result["hparams"] == {"weight_decay": 3e-4, "arch_weight_decay": 1e-3, "split": "other_half"}
 
 

@@ -37,6 +37,7 @@ def test_smoke_retrain_writes_result(tmp_path, cifar_root, capsys):
     assert result["kind"] == "train" and result["status"] == "completed" and result["target"] == "cifar10"
     assert 0 <= result["metrics"]["top1_err"] <= 100 and "top5_err" in result["metrics"]
     assert result["params_m"] > 0 and result["cpu_hours"] > 0 and result["wall_s"] > 0
+    assert result["precision"] == "fp32"  # train.amp=auto: bf16 on CUDA only
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[0]["drop_path"] == 0.0 and rows[1]["drop_path"] == pytest.approx(0.1)

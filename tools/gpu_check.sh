@@ -11,7 +11,8 @@
 #                dependencies the image lacks (hydra, omegaconf, antlr4) from carried venv folders
 #                (.venv/lib/python3.*/site-packages/<pkg>) or wheels in ${WHEELS:-.whl}.
 #   correctness  tools/gpu_check.py (supernet fwd/bwd CUDA vs CPU, bf16 loss, alpha gradients,
-#                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search).
+#                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search,
+#                bf16 vs fp32 genotype of one small search: the evidence search.amp's default waits on).
 #   bench_search `unrealnas bench search` paper preset, darts and darts2, baseline vs optimised.
 #   bench_data   `unrealnas bench data quick=true`.
 #   bench_compile `unrealnas bench search methods=darts compile=true` (last and optional: compiling may
@@ -19,7 +20,7 @@
 # Output: everything tee'd to $OUT/gpu_check.log; $OUT/gpu_check.json (stages, rc, seconds) plus
 # the JSON of each stage (gpu_check_correctness.json, bench_search.json, bench_data.json,
 # bench_search_compile.json). OUT defaults to /tmp/gpu_check. Budget: the first stages take about
-# 2-3 minutes on an H100 (limits 120 + 120 + 100 s); the compile stage gets what is left of
+# 3-4 minutes on an H100 (limits 180 + 120 + 100 s); the compile stage gets what is left of
 # ${GPU_CHECK_BUDGET_S:-470} s (at least 60 s), so the whole script ends within about 8 minutes.
 #
 # With the device tool: carry [".venv/lib/python3.11/site-packages/hydra",
@@ -122,7 +123,7 @@ if [[ $DRY -eq 1 ]]; then
     fractal=false json="$OUT/bench_data.json"
   record bench_compile SKIP 0 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
-  run_stage correctness 120 $PY tools/gpu_check.py --out "$OUT"
+  run_stage correctness 180 $PY tools/gpu_check.py --out "$OUT"
   run_stage bench_search 120 $PY -m unrealnas bench search preset=paper steps=20 warmup=3 \
     json="$OUT/bench_search.json"
   run_stage bench_data 100 $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"

@@ -89,7 +89,7 @@ class SearchConfig:
     num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
     train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: str = "off"  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)

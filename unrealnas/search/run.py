@@ -33,7 +33,15 @@ from unrealnas.nas.darts import Architect
 from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
-from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
+from unrealnas.runtime import (
+    allow_tf32,
+    autocast_for,
+    precision_name,
+    provenance,
+    resolve_device,
+    search_autocast_dtype,
+    use_channels_last,
+)
 
 CHECKPOINT = "checkpoint.pt"
 # Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).
@@ -114,6 +122,9 @@ class SearchRun:
         self.device = resolve_device(cfg.device)
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if search_autocast_dtype(self.device, s.amp) is None:
+            allow_tf32(self.device)  # fp32 search (the default): TF32 tensor cores on CUDA
+        self.precision = precision_name(self.device, search_autocast_dtype(self.device, s.amp))
         data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
         if s.resolution and s.resolution != data.images.shape[-1]:
             data.images = resize_images(data.images, s.resolution)
@@ -338,7 +349,7 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
         say(f"{run_dir}: resuming at epoch {run.epoch} batch {run.batch}")
     _trim_metrics(run_dir / "metrics.jsonl", run.epoch)
     write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
-    write_json_atomic(run_dir / "provenance.json", provenance())
+    write_json_atomic(run_dir / "provenance.json", provenance(run.precision))
     run.run()
     finish(run, started)
     return run_dir
@@ -370,7 +381,7 @@ def finish(run: SearchRun, started: float) -> None:
         "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
                    "reduce": run.model.alpha_reduce.detach().cpu().tolist()},
-        "hparams": run.hparams, "device": str(run.device),
+        "hparams": run.hparams, "device": str(run.device), "precision": run.precision,
     }
     if run.sgas is not None:
         result["sgas"] = run.sgas.state_dict()

@@ -34,6 +34,7 @@ from unrealnas.errors import CheckpointError, ConfigError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
+from unrealnas.runtime import precision_name
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
 
@@ -249,12 +250,13 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
     say(f"{run_dir}: {cfg.train.target}, {params_m:.2f}M params, {flops_m:.0f}M mult-adds, {env.world_size} rank(s) "
         f"on {device}, lr {opts.lr:g} at global batch {target.per_rank_batch * env.world_size}")
     rid = run_dir.name
+    precision = precision_name(device, opts.amp)
     try:
         out: FitResult = fit(model, target, opts, run_dir, device, env, fingerprint, resume, say, stop_after)
     except Exception as e:
         if env.is_main:
             write_json_atomic(result_path, _result(cfg, source, "failed", rid, error=f"{type(e).__name__}: {e}",
-                                                   params_m=params_m, flops_m=flops_m))
+                                                   params_m=params_m, flops_m=flops_m, precision=precision))
         raise
     if out.completed and env.is_main:
         hours = out.wall_s * env.world_size / 3600.0
@@ -264,6 +266,7 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
             cfg, source, "completed", rid, metrics=metrics, params_m=params_m, flops_m=flops_m,
             wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, epochs=opts.epochs,
             lr=opts.lr, global_batch=target.per_rank_batch * env.world_size, finished_at=time.time(),
+            precision=precision,
         ))
         say(f"done: {metrics}")
     dist.barrier()
