@@ -90,6 +90,9 @@ def validate_config(cfg: DictConfig) -> None:
     _check(0.0 < f.filling_rate < 1.0, "data.fractal.filling_rate", f.filling_rate, "use a rate in (0, 1)")
     _check(f.num_categories >= 1, "data.fractal.num_categories", f.num_categories, "use at least 1 category")
     _check(f.search_points >= 100, "data.fractal.search_points", f.search_points, "use at least 100 points")
+    _check(f.render_resolution == 0 or f.render_resolution >= d.resolution, "data.fractal.render_resolution",
+           f.render_resolution, f"use 0 (render at data.resolution) or at least data.resolution={d.resolution}")
+    _check(d.workers >= 0, "data.workers", d.workers, "use 0 (one per core) or a positive process count")
     _check(f.render_points >= 0, "data.fractal.render_points", f.render_points, "use 0 (auto) or a positive count")
     _check(f.search_canvas > 2 * f.search_pad, "data.fractal.search_canvas", f.search_canvas, "must exceed 2*search_pad")
     s = cfg.search

@@ -29,11 +29,12 @@ class FractalConfig:
     search_points: int = 100_000  # chaos-game points used to measure the filling rate
     search_canvas: int = 512  # canvas (px) on which the filling rate is measured (reference)
     search_pad: int = 6  # border (px) left when the point cloud is rescaled into a canvas
-    render_points: int = 0  # points per image; 0 = reference density, 200k * (res / 362)^2 (1563 at 32 px)
+    render_resolution: int = 362  # canvas (px) each image is rendered on, then area-downsampled (FractalDB: 362); 0 = data.resolution
+    render_points: int = 0  # points per render; 0 = reference density, 200k * (render_resolution / 362)^2 (200k at 362)
     weight_step: float = 0.4  # k of the weight rows (1-2k, 1-k, 1+k, 1+2k); the reference default is 0.1
     patch: bool = True  # draw each point as a 3x3 patch with a random non-empty mask (FractalDB)
-    color: bool = True  # hue wheel over the points, random offset per image (reference); False: gray 127
-    flips: bool = True  # random horizontal/vertical flips per instance
+    color: bool = False  # False: gray 127 (FractalDB's patch_gray default); True: hue wheel over the points
+    flips: bool = True  # every weight row with each of the 4 flips (none, h, v, both), balanced, as the reference
     max_tries: int = 200_000  # give up the category search after this many rejected systems
 
 
@@ -46,6 +47,7 @@ class DataConfig:
     resolution: int = 32  # image height = width (px)
     channels: int = 3  # image channels
     shard_size: int = 10_000  # images per HDF5 shard (does not change any byte of the data)
+    workers: int = 0  # processes rendering RLGD images (0 = one per available core; does not change any byte)
     noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
     root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
     source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)

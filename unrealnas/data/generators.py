@@ -111,7 +111,7 @@ def build_rlrn(cfg: DictConfig, seed: int) -> DatasetSpec:
 @register_generator("rlgd")
 def build_rlgd(cfg: DictConfig, seed: int) -> DatasetSpec:
     """RLGD: FracDB-style fractal images with uniform random labels (category kept as metadata)."""
-    from unrealnas.data.fractal import render_fractals, search_categories
+    from unrealnas.data.fractal import FractalBlocks, default_workers, search_categories
 
     fcfg = OmegaConf.to_object(cfg.fractal) if isinstance(cfg.fractal, DictConfig) else cfg.fractal
     n, res, ch = int(cfg.num_images or 60_000), cfg.resolution, cfg.channels
@@ -122,8 +122,10 @@ def build_rlgd(cfg: DictConfig, seed: int) -> DatasetSpec:
                      {"mean": list(cifar.CIFAR10_MEAN), "std": list(cifar.CIFAR10_STD)}, params, ["category"])
     header["systems"] = [s.to_json() for s in systems]
 
+    render = FractalBlocks(systems, fcfg, n, res, ch, seed, int(cfg.get("workers") or default_workers()))
+
     def block(a: int, b: int) -> dict[str, np.ndarray]:
-        images, category = render_fractals(systems, np.arange(a, b), fcfg, res, ch, seed)
+        images, category = render(a, b)
         return {"images": images, "labels": labels[a:b], "category": category}
 
     return DatasetSpec(header, [SplitPlan("train", n, block)])
@@ -201,7 +203,7 @@ def dataset_id(data_cfg: DictConfig, seed: int) -> str:
         return str(data_cfg.id)
     seed = data_seed(data_cfg, seed)
     keys = dict(OmegaConf.to_container(data_cfg, resolve=True))
-    for k in ("id", "shard_size", "verify_on_load", "root", "seed"):
+    for k in ("id", "shard_size", "verify_on_load", "root", "seed", "workers"):
         keys.pop(k, None)
     if keys["label"] == "random":
         keys["label_scheme"] = LABEL_SCHEME  # new label draws: new folder, never a stale one
