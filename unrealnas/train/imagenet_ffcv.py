@@ -1,5 +1,6 @@
 """ImageNet through FFCV: an ImageFolder tree is written once to ``.beton`` files, then read by
-FFCV loaders (JPEG decode + RandomResizedCrop + flip fused in FFCV's JIT pipeline).
+FFCV loaders (JPEG decode + RandomResizedCrop + flip fused in FFCV's JIT pipeline), then
+ColorJitter(0.4, 0.4, 0.4, 0.2) per image on the device (FFCV has no hue jitter), as the torchvision path.
 
 The ``.beton`` files live in ``<train.root>/ffcv/`` (``train_<maxres>.beton``, ``val_<maxres>.beton``)
 beside a JSON sidecar with their size; they are written atomically by rank 0 while the others
@@ -20,6 +21,7 @@ from unrealnas import dist
 from unrealnas.data.ffcv_store import _require_ffcv
 from unrealnas.errors import DataError
 from unrealnas.io import atomic_path, write_json_atomic
+from unrealnas.train.color_jitter import imagenet_color_jitter, jitter_batch
 from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
@@ -85,6 +87,7 @@ class FFCVImageNetTarget(Target):
         dev = spec.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255
+        self._jitter = imagenet_color_jitter()
         self._train = self._make_loader("train")
         self._val = None
 
@@ -118,7 +121,7 @@ class FFCVImageNetTarget(Target):
         """This rank's batches of ``epoch`` (FFCV's order for (seed, epoch))."""
         self._train.next_epoch = epoch  # FFCV derives the permutation from seed + epoch
         for x, y in self._train:
-            yield self._normalise(x), y.long()
+            yield self._normalise(jitter_batch(x, self._jitter)), y.long()
 
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's disjoint share of the validation images (rank-strided over batches)."""
