@@ -319,10 +319,9 @@ def search_with_draws(cfg: FractalConfig, seed: int) -> tuple[list[IFSSystem], i
 class _RenderTable:
     """What every render of one (category, weight row) cloud shares: the last point over each pixel."""
 
-    __slots__ = ("pixels", "point", "word", "cell", "hue", "nbytes", "down")
+    __slots__ = ("pixels", "point", "word", "cell", "hue", "nbytes")
 
     def __init__(self, pixels: np.ndarray, point: np.ndarray, cell: np.ndarray) -> None:
-        self.down: dict[tuple[int, int], Any] = {}  # (render px, image px) -> sparse area-downsample matrix
         self.pixels = pixels.astype(np.int32)  # flat indices (row 0 at the top) of the covered pixels
         self.point = point  # index of the last point whose patch covers each pixel
         self.word = (point.astype(np.uint64) + np.uint64(1)) * _GOLDEN  # its counter in the mask stream
@@ -530,28 +529,22 @@ def _downsample_matrix(table: _RenderTable, src: int, dst: int) -> Any:
 
     A source pixel overlaps at most 2 x 2 output pixels when dst <= src.
     """
-    key = (src, dst)
-    if key not in table.down:
-        from scipy import sparse
+    from scipy import sparse
 
-        w = area_weights(src, dst)  # (dst, src)
-        first = np.argmax(w > 0, axis=0)  # first output pixel each source pixel overlaps
-        second = np.minimum(first + 1, dst - 1)
-        w0 = w[first, np.arange(src)]
-        w1 = np.where(second != first, w[second, np.arange(src)], 0.0)
-        r, c = np.divmod(table.pixels.astype(np.int64), src)
-        # column j (covered pixel j) holds its 4 (output pixel, weight) pairs: CSC without any sort
-        rows = np.stack([ro * dst + co for ro in (first[r], second[r]) for co in (first[c], second[c])], axis=1)
-        vals = np.stack([wr * wc for wr in (w0[r], w1[r]) for wc in (w0[c], w1[c])], axis=1)
-        indptr = np.arange(0, 4 * len(table.pixels) + 1, 4)
-        matrix = sparse.csc_matrix((vals.reshape(-1), rows.reshape(-1), indptr),
-                                   shape=(dst * dst, len(table.pixels)))
-        table.down[key] = matrix
-        table.nbytes += matrix.data.nbytes + matrix.indices.nbytes + matrix.indptr.nbytes
-    return table.down[key]
+    w = area_weights(src, dst)  # (dst, src)
+    first = np.argmax(w > 0, axis=0)  # first output pixel each source pixel overlaps
+    second = np.minimum(first + 1, dst - 1)
+    w0 = w[first, np.arange(src)]
+    w1 = np.where(second != first, w[second, np.arange(src)], 0.0)
+    r, c = np.divmod(table.pixels.astype(np.int64), src)
+    # column j (covered pixel j) holds its 4 (output pixel, weight) pairs: CSC without any sort
+    rows = np.stack([ro * dst + co for ro in (first[r], second[r]) for co in (first[c], second[c])], axis=1)
+    vals = np.stack([wr * wc for wr in (w0[r], w1[r]) for wc in (w0[c], w1[c])], axis=1)
+    indptr = np.arange(0, 4 * len(table.pixels) + 1, 4)
+    return sparse.csc_matrix((vals.reshape(-1), rows.reshape(-1), indptr), shape=(dst * dst, len(table.pixels)))
 
 
-def _paint(table: _RenderTable, keys: np.ndarray, cfg: FractalConfig, colour: bool, src: int,
+def _paint(table: _RenderTable, down: Any, keys: np.ndarray, cfg: FractalConfig, colour: bool, src: int,
            dst: int) -> np.ndarray:
     """Renders of one cloud on the src canvas, area-downsampled to dst -> uint8 (n, dst, dst, 3 or 1).
 
@@ -577,7 +570,7 @@ def _paint(table: _RenderTable, keys: np.ndarray, cfg: FractalConfig, colour: bo
         values = (lit[:, :, None] * rgb).transpose(1, 0, 2).reshape(len(table.pixels), n * 3)
     else:
         values = (lit * _GRAY).T  # (covered, n)
-    acc = _downsample_matrix(table, src, dst) @ values  # (dst*dst, n*C) integers
+    acc = down @ values  # (dst*dst, n*C) integers
     total = src * src
     out = (np.rint(acc).astype(np.int64) * 2 + total) // (2 * total)  # round half up
     channels = 3 if colour else 1
@@ -622,9 +615,10 @@ def _render_serial(systems: list[IFSSystem], indices: np.ndarray, cfg: FractalCo
         for g, pair in zip(groups[start: start + per_batch], batch, strict=True):
             if tables[pair] is None:
                 continue  # the weighted system diverged: a black image (the reference would fail)
+            down = _downsample_matrix(tables[pair], size, resolution)
             for first in range(0, len(g), per_call):
                 pos = g[first: first + per_call]
-                small[pos] = _paint(tables[pair], keys[pos], cfg, colour, size, resolution)
+                small[pos] = _paint(tables[pair], down, keys[pos], cfg, colour, size, resolution)
     images = small[inverse]
     for code, axes in ((1, (2,)), (2, (1,)), (3, (1, 2))):
         sel = flip == code

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from unrealnas import dist
-from unrealnas.data.ffcv_store import _require_ffcv
+from unrealnas.data.ffcv_store import _require_ffcv, check_beton, remove_stale_temps, supervised_writer
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, write_json_atomic
+from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 from unrealnas.train.color_jitter import imagenet_color_jitter, jitter_batch
 from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
@@ -40,10 +40,11 @@ def write_imagefolder_beton(folder: Path, out: Path, max_resolution: int, num_wo
         raise DataError(f"ImageFolder {folder} holds no images; train.root must hold train/ and val/ class folders")
     fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=90),
               "label": IntField()}
-    with atomic_path(out) as tmp:
+    remove_stale_temps(out)
+    with atomic_path(out) as tmp, supervised_writer(out):
         DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(ds)
     write_json_atomic(meta, {"source": str(folder), "bytes": out.stat().st_size, "num_images": len(ds),
-                             "classes": ds.classes, "max_resolution": max_resolution})
+                             "classes": ds.classes, "max_resolution": max_resolution, "sha256": sha256_file(out)})
     return out
 
 
@@ -74,6 +75,8 @@ class FFCVImageNetTarget(Target):
                 write_imagefolder_beton(root / split, path, spec.ffcv_max_resolution, spec.num_workers)
         dist.barrier()  # the other ranks wait for rank 0's files
         metas = {s: json.loads(p.with_suffix(".beton.json").read_text()) for s, p in self.paths.items()}
+        for split, path in self.paths.items():
+            check_beton(path, metas[split].get("sha256"))
         if metas["train"]["classes"] != metas["val"]["classes"]:
             raise DataError(f"imagenet: {root}/train and {root}/val have different class folders")
         self.num_classes = len(metas["train"]["classes"])

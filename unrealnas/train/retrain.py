@@ -228,7 +228,13 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
     env = dist.init_distributed(device, env)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    target = build_target(str(cfg.train.target), target_spec(cfg, device, env))
+    spec = target_spec(cfg, device, env)
+    target = build_target(str(cfg.train.target), spec)
+    files = {} if target.files_official is None else {"data_files_official": target.files_official}
+    if target.files_official is False:
+        say(f"warning: the {cfg.train.target} files under {spec.root} do not match the "
+            f"official md5s (a re-pack or another version); results may not be comparable (result.json: "
+            f"data_files_official=false)")
     fingerprint = fingerprint_of(cfg, source.genotype, target.num_classes)
     ckpt_path = run_dir / CHECKPOINT_FILE
     # Check an existing checkpoint before writing anything, so a mismatch leaves the run untouched.
@@ -256,7 +262,7 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
     except Exception as e:
         if env.is_main:
             write_json_atomic(result_path, _result(cfg, source, "failed", rid, error=f"{type(e).__name__}: {e}",
-                                                   params_m=params_m, flops_m=flops_m, precision=precision))
+                                                   params_m=params_m, flops_m=flops_m, precision=precision, **files))
         raise
     if out.completed and env.is_main:
         hours = out.wall_s * env.world_size / 3600.0
@@ -266,7 +272,7 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
             cfg, source, "completed", rid, metrics=metrics, params_m=params_m, flops_m=flops_m,
             wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, epochs=opts.epochs,
             lr=opts.lr, global_batch=target.per_rank_batch * env.world_size, finished_at=time.time(),
-            precision=precision,
+            precision=precision, **files,
         ))
         say(f"done: {metrics}")
     dist.barrier()

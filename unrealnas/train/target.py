@@ -62,6 +62,7 @@ class Target:
     num_train: int = 0
     num_eval: int = 0
     per_rank_batch: int = 0
+    files_official: bool | None = None  # CIFAR: every file matched its official md5 (None: not checked)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """This rank's training batches of ``epoch``."""
