@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -87,6 +88,11 @@ class SampledTarget(Target):
         dev = self.spec.device
         for x, y in self._loader(self.train_ds, self.sampler, g):
             yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+
+    def eval_indices(self) -> np.ndarray:
+        """This rank's validation positions (rank-strided), in eval_batches order."""
+        env = self.spec.env
+        return np.arange(env.rank, self.num_eval, env.world_size)
 
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's disjoint share of the validation images."""
