@@ -155,7 +155,7 @@ def test_internal_batch_sizes_change_no_byte(systems, monkeypatch):
     fractal.clear_render_cache()
     want, _ = render_fractals(systems, idx, SMALL, 20, 3, seed=1)
     for name, value in [("_SEARCH_BATCH", 3), ("_CLOUD_BATCH_POINTS", 5_000), ("_GATHER_ELEMENTS", 500),
-                        ("_GROUP_PIXELS", 900)]:
+                        ("_RENDERS_PER_CALL", 2)]:
         monkeypatch.setattr(fractal, name, value)
     fractal.clear_render_cache()
     got, _ = render_fractals(systems, idx, SMALL, 20, 3, seed=1)
@@ -328,3 +328,13 @@ def test_rlgd_dataset_same_seed_same_bytes_whatever_workers_and_shards(tmp_path)
     assert a.name == b.name  # workers and shard size are not part of the dataset's identity
     assert ra["images"].tobytes() == rb["images"].tobytes() and np.array_equal(ra["category"], rb["category"])
     assert load_manifest(a)["params"]["fractal"]["render_resolution"] == 96
+
+
+def test_fractal_blocks_render_ahead_without_changing_bytes(systems):
+    whole = fractal.FractalBlocks(systems, SMALL, 300, 16, 1, seed=2)
+    tiny = fractal.FractalBlocks(systems, SMALL, 300, 16, 1, seed=2, budget_bytes=16 * 16 * 40)  # 40 images a span
+    for a, b in ((0, 70), (70, 140), (140, 300), (10, 20)):
+        x, cx = whole(a, b)
+        y, cy = tiny(a, b)
+        assert np.array_equal(x, y) and np.array_equal(cx, cy) and np.array_equal(cx, np.arange(a, b) % len(systems))
+    assert len(whole.images) == 300  # one span: every cloud computed once

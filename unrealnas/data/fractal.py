@@ -89,7 +89,7 @@ _MIN_RENDER_POINTS = 256  # a floor for tiny images (the density rule gives 8 px
 _SEARCH_BATCH = 32  # candidates evaluated per vectorised chaos game (does not change any result)
 _CLOUD_BATCH_POINTS = 4_000_000  # points per vectorised chaos game while rendering (bounds memory)
 _GATHER_ELEMENTS = 1 << 18  # chain-steps whose map coefficients are gathered in one call (bounds memory)
-_GROUP_PIXELS = 2_000_000  # image pixels painted per vectorised call (bounds memory)
+_RENDERS_PER_CALL = 64  # renders per sparse downsample product (bounds the covered x renders value matrix)
 _UNDER_ONE = 1.0 - 1e-9  # bins per extent a hair under the bin count: the maximum lands in the last bin
 _HUES = 128
 _GRAY = 127
@@ -607,7 +607,7 @@ def _render_serial(systems: list[IFSSystem], indices: np.ndarray, cfg: FractalCo
     pairs = [(int(r_cat[g[0]]), int(r_row[g[0]])) for g in groups]
     rows = weight_rows(cfg.weight_step)
     keys = _image_keys(seed, renders)
-    per_call = 64  # renders per sparse product (bounds the (covered x renders) value matrix)
+    per_call = _RENDERS_PER_CALL
     per_batch = max(1, _CLOUD_BATCH_POINTS // n_points)  # clouds alive at once: memory stays bounded
     for start in range(0, len(groups), per_batch):
         batch = pairs[start: start + per_batch]
