@@ -14,6 +14,11 @@ def test_paper_defaults_match_protocol():
     assert cfg.search.alpha_init == "zeros" and cfg.search.lr == 0.025 and cfg.search.lr_min == 0.0
     assert list(cfg.search.arch_betas) == [0.5, 0.999] and cfg.search.arch_lr == 3e-4
     assert cfg.data.name == "rlrn" and cfg.data.num_classes == 5000 and cfg.data.num_images == 50000
+    # issue 11: the paper's 25k weight-step images, fp32 search, FractalDB's 362 px gray renders, SGAS as its reference
+    assert cfg.search.num_train == 25_000 and cfg.search.amp == "off" and cfg.data.seed is None
+    f = cfg.data.fractal
+    assert (f.render_resolution, f.color, f.flips, f.render_points) == (362, False, True, 0)
+    assert cfg.search.sgas.normalize_over == "all"
 
 
 @pytest.mark.parametrize("data,classes", [("rlgd", 5000), ("rlrd", 1000), ("cifar10", 10)])

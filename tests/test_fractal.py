@@ -12,7 +12,7 @@ from unrealnas.data import fractal
 from unrealnas.data.fractal import IFSSystem, render_fractals, search_categories
 from unrealnas.errors import DataError
 
-SMALL = FractalConfig(num_categories=4, search_points=20_000, search_canvas=128, search_pad=2)
+SMALL = FractalConfig(num_categories=4, search_points=20_000, search_canvas=128, search_pad=2, render_resolution=128)
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +126,8 @@ def test_weight_rows_vary_one_parameter():
 
 def test_render_points_rule():
     cfg = FractalConfig()
+    assert (cfg.render_resolution, cfg.color, cfg.flips) == (362, False, True)  # FractalDB's defaults
+    assert fractal.num_render_points(cfg, fractal.render_resolution(cfg, 32)) == 200_000
     assert fractal.num_render_points(cfg, 362) == 200_000
     assert fractal.num_render_points(cfg, 32) == 1563
     assert fractal.num_render_points(dataclasses.replace(cfg, render_points=777), 32) == 777
@@ -153,7 +155,7 @@ def test_internal_batch_sizes_change_no_byte(systems, monkeypatch):
     fractal.clear_render_cache()
     want, _ = render_fractals(systems, idx, SMALL, 20, 3, seed=1)
     for name, value in [("_SEARCH_BATCH", 3), ("_CLOUD_BATCH_POINTS", 5_000), ("_GATHER_ELEMENTS", 500),
-                        ("_GROUP_PIXELS", 900)]:
+                        ("_RENDERS_PER_CALL", 2)]:
         monkeypatch.setattr(fractal, name, value)
     fractal.clear_render_cache()
     got, _ = render_fractals(systems, idx, SMALL, 20, 3, seed=1)
@@ -164,16 +166,21 @@ def test_internal_batch_sizes_change_no_byte(systems, monkeypatch):
 
 def test_output_dtype_shape_gray_and_colour(systems):
     idx = np.arange(40)
-    img, cat = render_fractals(systems, idx, SMALL, 24, 3, seed=0)
+    colour = dataclasses.replace(SMALL, color=True)
+    img, cat = render_fractals(systems, idx, colour, 24, 3, seed=0)
     assert img.shape == (40, 24, 24, 3) and img.dtype == np.uint8
     assert cat.dtype == np.int64 and np.array_equal(cat, idx % len(systems))
     assert np.any(img[..., 0] != img[..., 1])  # coloured
-    gray, _ = render_fractals(systems, idx, SMALL, 24, 1, seed=0)
-    assert gray.shape == (40, 24, 24, 1) and set(np.unique(gray)) == {0, 127}
-    # gray lights exactly the pixels the coloured render lights
-    assert np.array_equal(gray[..., 0] > 0, img.max(-1) > 0)
-    plain, _ = render_fractals(systems, idx, dataclasses.replace(SMALL, color=False), 24, 3, seed=0)
+    gray, _ = render_fractals(systems, idx, SMALL, 24, 1, seed=0)  # gray is the default (patch_gray)
+    assert gray.shape == (40, 24, 24, 1) and gray.max() <= 127 and len(np.unique(gray)) > 10  # smooth, not binary
+    plain, _ = render_fractals(systems, idx, SMALL, 24, 3, seed=0)
     assert np.array_equal(plain, np.repeat(gray, 3, axis=-1))
+    direct, _ = render_fractals(systems, idx, dataclasses.replace(SMALL, render_resolution=0), 24, 1, seed=0)
+    assert set(np.unique(direct)) == {0, 127}  # rendered at 24 px: the binary patches, no downsample
+    # gray lights exactly the pixels the coloured render lights (on the render canvas)
+    big, _ = render_fractals(systems, idx, colour, 128, 3, seed=0)
+    big_gray, _ = render_fractals(systems, idx, SMALL, 128, 1, seed=0)
+    assert np.array_equal(big_gray[..., 0] > 0, big.max(-1) > 0)
 
 
 def test_instances_of_one_weight_row_share_their_points(systems):
@@ -203,9 +210,9 @@ def test_patch_paste_matches_a_per_point_loop():
         for o in range(9):
             owner[r + o // 3 - 1, c + o % 3 - 1] = j
             owner_cell[r + o // 3 - 1, c + o % 3 - 1] = o
-    assert np.array_equal(table.pixels[0], np.flatnonzero(owner >= 0))
-    assert np.array_equal(table.point, owner.reshape(-1)[table.pixels[0]])
-    assert np.array_equal(table.cell, owner_cell.reshape(-1)[table.pixels[0]])
+    assert np.array_equal(table.pixels, np.flatnonzero(owner >= 0))
+    assert np.array_equal(table.point, owner.reshape(-1)[table.pixels])
+    assert np.array_equal(table.cell, owner_cell.reshape(-1)[table.pixels])
 
 
 def test_rendered_filling_rate_is_sensible(systems):
@@ -247,3 +254,87 @@ def test_images_of_one_category_are_more_alike(systems):
     centroids = np.stack([x[train & (cat == c)].mean(0) for c in range(n)])
     pred = np.argmin(((x[~train, None] - centroids[None]) ** 2).sum(-1), axis=1)
     assert np.mean(pred == cat[~train]) > 0.5
+
+
+def test_flips_are_balanced_and_flip_one_render(systems):
+    """Every weight row with each of the 4 flips; the 4 flips of a render are that render mirrored."""
+    n = len(systems)
+    idx = np.arange(100 * n)
+    category, row, flip, render = fractal.instance_layout(idx, n)
+    counts = np.zeros((n, 25, 4), dtype=int)
+    np.add.at(counts, (category, row, flip), 1)
+    assert np.all(counts == 1)
+    assert len(np.unique(render)) == 25 * n  # 100 images per category, 25 renders, each 4 times
+    base = np.array([2, 2 + 7 * n])  # category 2, rows 0 and 7, flip 0
+    img, _ = render_fractals(systems, np.concatenate([base + 25 * n * f for f in range(4)]), SMALL, 32, 1, seed=0)
+    a, h, v, hv = img[0:2], img[2:4], img[4:6], img[6:8]
+    assert np.array_equal(h, a[:, :, ::-1]) and np.array_equal(v, a[:, ::-1]) and np.array_equal(hv, a[:, ::-1, ::-1])
+    again, _ = render_fractals(systems, base + 100 * n, SMALL, 32, 1, seed=0)  # repeat 1: new masks, same cloud
+    assert not np.array_equal(again, a)
+
+
+def test_downsample_is_the_exact_box_filter_of_the_render(systems):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(2, 45, 45, 3), dtype=np.uint8)
+    cover = [np.clip(np.minimum(np.arange(45) + 1, (i + 1) * 45 / 16) - np.maximum(np.arange(45), i * 45 / 16), 0, None)
+             for i in range(16)]
+    w = np.stack(cover)  # exact fractional overlaps
+    want = np.einsum("ik,nklc,jl->nijc", w, x.astype(float), w) / (45 / 16) ** 2
+    assert np.max(np.abs(fractal.area_downsample(x, 16) - want)) <= 0.5 + 1e-9
+    for cfg in (SMALL, dataclasses.replace(SMALL, color=True), dataclasses.replace(SMALL, patch=False)):
+        small, _ = render_fractals(systems, np.arange(8), cfg, 32, 3, seed=3)
+        big, _ = render_fractals(systems, np.arange(8), cfg, 128, 3, seed=3)
+        assert np.array_equal(small, fractal.area_downsample(big, 32))  # never built, same bytes
+
+
+def test_worker_processes_change_no_byte(systems):
+    idx = np.arange(0, 600, 7)
+    fractal.clear_render_cache()
+    one, cat1 = render_fractals(systems, idx, SMALL, 32, 3, seed=5)
+    fractal.clear_render_cache()  # the workers must not inherit finished clouds
+    two, cat2 = render_fractals(systems, idx, SMALL, 32, 3, seed=5, workers=2)
+    assert np.array_equal(one, two) and np.array_equal(cat1, cat2)
+
+
+def test_images_of_one_category_are_more_alike_in_pixel_cosine():
+    """The acceptance measure at small size: 6 categories x 12 instances (rows, flips, repeats mixed)."""
+    from unrealnas.benchmarks.fractal import category_similarity, sample_instances
+
+    cfg = FractalConfig(num_categories=6)  # the real search canvas; rendered at 362 px, gray
+    systems = search_categories(cfg, seed=1)
+    idx = sample_instances(len(systems), 12, 600, seed=0)
+    img, cat = render_fractals(systems, idx, cfg, 32, 1, seed=0)
+    within, across = category_similarity(img, cat)
+    within_f, across_f = category_similarity(img, cat, flips_out=True)
+    assert within > across + 0.01 and within_f > across_f + 0.03  # measured 0.574/0.551, 0.643/0.594
+    # stamping patches on the 32 px canvas (the old RLGD) separates the categories less
+    direct, _ = render_fractals(systems, idx, dataclasses.replace(cfg, render_resolution=0), 32, 1, seed=0)
+    d_within, d_across = category_similarity(direct, cat, flips_out=True)
+    assert within_f - across_f > 1.5 * (d_within - d_across)
+
+
+def test_rlgd_dataset_same_seed_same_bytes_whatever_workers_and_shards(tmp_path):
+    from tests.conftest import smoke_overrides
+    from unrealnas.config import compose_config
+    from unrealnas.data.generators import generate_dataset
+    from unrealnas.data.store import load_manifest, read_split
+
+    common = ("data=rlgd", "data.num_images=120", "data.fractal.num_categories=3", "data.fractal.render_resolution=96")
+    fractal.clear_render_cache()
+    a = generate_dataset(compose_config(smoke_overrides(tmp_path / "a", *common, "data.workers=1", "data.shard_size=50")))
+    fractal.clear_render_cache()
+    b = generate_dataset(compose_config(smoke_overrides(tmp_path / "b", *common, "data.workers=2", "data.shard_size=64")))
+    ra, rb = read_split(a), read_split(b)
+    assert a.name == b.name  # workers and shard size are not part of the dataset's identity
+    assert ra["images"].tobytes() == rb["images"].tobytes() and np.array_equal(ra["category"], rb["category"])
+    assert load_manifest(a)["params"]["fractal"]["render_resolution"] == 96
+
+
+def test_fractal_blocks_render_ahead_without_changing_bytes(systems):
+    whole = fractal.FractalBlocks(systems, SMALL, 300, 16, 1, seed=2)
+    tiny = fractal.FractalBlocks(systems, SMALL, 300, 16, 1, seed=2, budget_bytes=16 * 16 * 40)  # 40 images a span
+    for a, b in ((0, 70), (70, 140), (140, 300), (10, 20)):
+        x, cx = whole(a, b)
+        y, cy = tiny(a, b)
+        assert np.array_equal(x, y) and np.array_equal(cx, cy) and np.array_equal(cx, np.arange(a, b) % len(systems))
+    assert len(whole.images) == 300  # one span: every cloud computed once

@@ -17,7 +17,7 @@ from unrealnas.data.loaders import (
     search_loaders,
     stream_loader,
 )
-from unrealnas.errors import DataError
+from unrealnas.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,22 @@ def test_noise_loader_keeps_float_values(tmp_path):
     loader = DeviceLoader(data.images, data.labels, 64, seed=0, shuffle=False)
     x, _ = next(loader.epoch(0))
     assert x.dtype == torch.float32 and torch.equal(x, data.images.float())
+
+
+def test_num_train_fixes_the_weight_step_size(rlrd):
+    from unrealnas.data.loaders import weight_step_images
+
+    assert weight_step_images(60_000, 0.5, 25_000) == 25_000  # RLGD: 25k, not 30k
+    assert weight_step_images(60_000, 0.5, 0) == 30_000  # 0 = train_portion
+    data = load_split_to_device(rlrd)
+    train, val = search_loaders(data, 10, seed=0, split="same_flipped", num_train=60)
+    assert train.num_images == val.num_images == 60 and torch.equal(val.images, data.images[:60])
+    train, val = search_loaders(data, 10, seed=0, split="other_half", num_train=60)
+    assert train.num_images == 60 and torch.equal(val.images, data.images[60:])
+    with pytest.raises(ConfigError, match="search.num_train=500"):
+        search_loaders(data, 10, seed=0, split="same_flipped", num_train=500)
+
+
+def test_paper_config_uses_25k_weight_step_images():
+    assert compose_config([]).search.num_train == 25_000
+    assert compose_config(["preset=smoke"]).search.num_train == 0

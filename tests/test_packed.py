@@ -18,7 +18,10 @@ from unrealnas.search.packed_net import PackedSuperNet, packed_losses, seed_slic
 from unrealnas.search.run import FAULT_ENV, run_search, search_run_dir
 
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
-        "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=2"]
+        "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=2",
+        # 1e-3 randn alphas (the reference's init): zero-init alphas after 8 tiny steps hold argmax
+        # ties at the 1e-6 level, where fp32 rounding of grouped kernels may pick either op
+        "search.alpha_init=randn"]
 SGAS = ["search=sgas_c2", "search.epochs=3", "search.sgas.warmup_dec_epoch=1", "search.sgas.decision_freq=1"]
 
 
@@ -128,6 +131,8 @@ def _pipeline_plan(tmp_path, *extra):
     ovs = ["+experiment=smoke", "launcher=local", f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}",
            *[o for o in TINY if not o.startswith("data.num_classes")], "experiment.datasets=[rlrn]",
            "experiment.seeds=[0,1,2]", *extra]
+    if not any(o.startswith("experiment.methods=") for o in extra):
+        ovs.append("experiment.methods=[darts]")  # the smoke overlay also has random cells (never packed)
     return plan_pipeline(compose_config(ovs), ovs)
 
 

@@ -178,7 +178,7 @@ def test_pretrained_retrain_is_its_own_target(tmp_path):
     targets = {r.target for r in collect_results(runs).runs}
     assert targets == {"chexpert", "chexpert_pt"}
     md = render(build_table(collect_results(runs)), "markdown")
-    assert "CheXpert AUROC (%)" in md and "CheXpert (pre-trained) AUROC (%)" in md
+    assert "CheXpert AUROC (%, per study, last epoch)" in md and "CheXpert (pre-trained) AUROC (%, per study, last epoch)" in md
 
 
 def _figure_runs(tmp_path: Path) -> Path:

@@ -68,6 +68,7 @@ def test_true_labels_use_real_data_defaults(tmp_path, cifar_root):
     run_dir = run_search(_cfg(tmp_path, "data=cifar10", f"data.root={cifar_root}", "data.num_images=null"))
     result = json.loads((run_dir / "result.json").read_text())
     assert result["search_label"] == "true"
+    assert result["precision"] == "fp32" and json.loads((run_dir / "provenance.json").read_text())["precision"] == "fp32"
     assert result["hparams"] == {"weight_decay": 3e-4, "arch_weight_decay": 1e-3, "split": "other_half"}
 
 
@@ -138,8 +139,8 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     base = [sys.executable, "-m", "unrealnas"]
     cases = [
-        (["search", "search.method=enas"], "darts, darts2, sgas_c1, sgas_c2"),
-        (["search", "search=enas"], "available: darts, darts2, sgas_c1, sgas_c2"),
+        (["search", "search.method=enas"], "darts, darts2, sgas_c1, sgas_c2, random"),
+        (["search", "search=enas"], "available: darts, darts2, random, sgas_c1, sgas_c2"),
         (["verify", str(tmp_path / "missing")], "does not exist"),
         (["generate", "data=rlrd", "preset=smoke", f"paths.data={tmp_path}", f"data.root={tmp_path}"],
          "cifar-10-batches-py"),

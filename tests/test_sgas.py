@@ -222,3 +222,32 @@ def test_undecided_state_has_no_frozen_rows():
     apply_to_supernet(SGASState(), net)
     assert net.edge_ops("normal") == (UNDECIDED,) * 14
     assert not any(m.any() for m in net.frozen_alpha_masks())
+
+
+def test_normalize_over_all_edges_is_the_reference_and_can_pick_another_edge():
+    g = torch.Generator().manual_seed(0)
+    undecided = torch.ones(14, dtype=torch.bool)
+    undecided[[0, 2, 5]] = False  # two decided edges and a pruned one
+    differ = 0
+    for _ in range(40):
+        p = torch.softmax(1.5 * torch.randn(14, 8, generator=g, dtype=D), dim=-1)
+        imp, cert = edge_importance(p), selection_certainty(p)
+        # the reference: min-max over all 14 edges, no epsilon, argmax over the undecided ones
+        ref = ((imp - imp.min()) / (imp.max() - imp.min())) * ((cert - cert.min()) / (cert.max() - cert.min()))
+        ours = edge_scores(p, "c1", candidates=undecided)  # default normalize_over="all"
+        assert torch.allclose(ours[undecided], ref[undecided])
+        assert int(ours.argmax()) == int(ref.masked_fill(~undecided, -1).argmax())
+        only = edge_scores(p, "c1", candidates=undecided, normalize_over="undecided")
+        differ += int(ours.argmax()) != int(only.argmax())
+    assert differ >= 1  # the two modes are not the same rule
+    with pytest.raises(ValueError, match="normalize_over"):
+        edge_scores(p, "c1", normalize_over="candidates")
+
+
+def test_sgas_configs_train_alphas_from_epoch_0_like_the_reference():
+    from unrealnas.config import compose_config
+
+    for name in ("sgas_c1", "sgas_c2"):
+        s = compose_config([f"search={name}"]).search
+        assert (s.warmup_epochs, s.epochs, s.sgas.normalize_over) == (0, 50, "all")
+        assert s.warmup_epochs + s.epochs == total_epochs(s.nodes, s.sgas.warmup_dec_epoch, s.sgas.decision_freq)

@@ -53,7 +53,7 @@ def test_rlrn_statistics_and_uniform_labels(tmp_path):
 
 
 def test_labels_chi_square_many_classes():
-    labels = generators.random_labels(200_000, 1000, seed=3)
+    labels = generators.random_labels(200_000, 1000, seed=3, dataset="rlrn")
     assert labels.min() == 0 and labels.max() == 999
     assert stats.chisquare(np.bincount(labels, minlength=1000)).pvalue > 0.001
     # a sampler favouring half the classes by 20% is caught by the same test

@@ -116,8 +116,35 @@ def test_smoke_run_with_imagenet_init(tmp_path, chexpert_root):
         tmp_path, *TINY, f"train.root={chexpert_root}", "train.uncertainty=ignore", f"train.pretrained={pre}")))
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["target"] == "chexpert"
-    assert set(result["metrics"]) == {"auroc", *(f"auroc_{p.lower().replace(' ', '_')}" for p in PATHOLOGIES)}
-    assert 0 <= result["metrics"]["auroc"] <= 100
+    per_class = {f"auroc_{p.lower().replace(' ', '_')}" for p in PATHOLOGIES}
+    assert set(result["metrics"]) == {"auroc", "auroc_image", "auroc_last", "auroc_best_valid", "best_valid_epoch",
+                                      *per_class}
+    m = result["metrics"]
+    assert 0 <= m["auroc"] <= 100 and m["auroc_last"] == m["auroc"] and m["best_valid_epoch"] == 1
+    assert "per study" in result["metric_notes"]["auroc"]
+
+
+def test_per_study_auroc_takes_the_max_over_views():
+    from unrealnas.train.metrics import auroc_per_class, best_on_valid, chexpert_metrics, study_max
+
+    # 4 studies, 2 views each; per image the lateral views (low scores) spoil the ranking
+    scores = np.array([[0.9], [0.1], [0.8], [0.2], [0.3], [0.35], [0.4], [0.1]])
+    labels = np.array([[1.0], [1.0], [1.0], [1.0], [0.0], [0.0], [0.0], [0.0]])
+    groups = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    s, y = study_max(scores, labels, groups)
+    assert s[:, 0].tolist() == [0.9, 0.8, 0.35, 0.4] and y[:, 0].tolist() == [1, 1, 0, 0]
+    m = chexpert_metrics(scores, labels, ("Edema",), groups)
+    assert m["auroc"] == 100.0 and m["auroc_image"] == 100.0 * auroc_per_class(scores, labels)[0] < 100.0
+    assert chexpert_metrics(scores, labels, ("Edema",), None)["auroc"] == m["auroc_image"]
+    assert best_on_valid([{"epoch": 1, "auroc": 70.0}, {"epoch": 2, "auroc": 75.0}, {"epoch": 3, "auroc": 72.0}]) \
+        == (2, 75.0)
+
+
+def test_chexpert_defaults_follow_the_baseline():
+    from unrealnas.config import compose_config
+
+    t = compose_config(["train=chexpert"]).train
+    assert (t.resolution, t.uncertainty, t.auxiliary_weight, t.grad_clip) == (320, "u_ones", 0.0, 0.0)
 
 
 def test_pretrained_of_another_genotype_is_refused(tmp_path):

@@ -32,11 +32,15 @@ def _weights(run_dir):
 def test_smoke_retrain_writes_result(tmp_path, cifar_root, capsys):
     rc = main(["retrain", *smoke_overrides(tmp_path, f"data.root={cifar_root}", "genotype=DARTS_V2", *TINY)])
     assert rc == 0
-    run_dir = tmp_path / "runs" / "train" / capsys.readouterr().out.strip().split("/")[-1]
+    captured = capsys.readouterr()
+    run_dir = tmp_path / "runs" / "train" / captured.out.strip().split("/")[-1]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["kind"] == "train" and result["status"] == "completed" and result["target"] == "cifar10"
     assert 0 <= result["metrics"]["top1_err"] <= 100 and "top5_err" in result["metrics"]
     assert result["params_m"] > 0 and result["cpu_hours"] > 0 and result["wall_s"] > 0
+    assert result["precision"] == "fp32"  # train.amp=auto: bf16 on CUDA only
+    # the fixture's files are not the official ones: recorded and warned
+    assert result["data_files_official"] is False and "do not match the official md5s" in captured.err
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert rows[0]["drop_path"] == 0.0 and rows[1]["drop_path"] == pytest.approx(0.1)

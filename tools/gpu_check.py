@@ -32,6 +32,11 @@ Run by ``tools/gpu_check.sh`` (``python3 tools/gpu_check.py [--cpu-dry-run] [--o
    against the 1e-4 target (limit 1e-2; atomics in backward kernels), one capture (skipped on CPU).
 10. ``train_cuda_graph_vs_eager``: 10 retrain steps (``train.cuda_graph``, drop path off) replayed
    vs eager: weights within 1e-3 relative L2 (skipped on CPU).
+11. ``bf16_vs_fp32_genotype``: the same small search (smoke preset, 1 + 4 epochs, one seed) with
+   ``search.amp=off`` (fp32+TF32, the default) and ``search.amp=bf16``; reports how many of the 16
+   genotype entries agree and the relative L2 distance of the final alphas. Passes when both
+   complete with their precision recorded; the agreement is a measurement (the paper preset needs
+   a longer run before ``search.amp`` may default to bf16).
 
 ``--cpu-dry-run`` runs everything on CPU at tiny sizes ("CUDA" is then the CPU too), to test the
 plumbing on a machine without a GPU. Exit status 0 when every check passes, 1 otherwise.
@@ -424,6 +429,28 @@ def check_train_cuda_graph(dev: torch.device, s: Sizes, work: Path) -> tuple[boo
     return err < 1e-3, f"weights relative L2 {err:.1e} after 10 steps (limit 1e-3); last loss eager {outs[0]:.4f} graph {outs[1]:.4f}"
 
 
+def check_bf16_vs_fp32_genotype(dev: torch.device, s: Sizes, work: Path) -> tuple[bool, str]:
+    """The same small search in fp32 and in bf16 autocast: genotype agreement and alpha distance."""
+    from unrealnas.config import compose_config
+    from unrealnas.search.run import run_search
+
+    results = {}
+    for amp in ("off", "bf16"):
+        cfg = compose_config(["preset=smoke", f"device={dev.type}", f"paths.data={work / 'datasets'}",
+                              f"paths.runs={work / ('runs-' + amp)}", "search.warmup_epochs=1", "search.epochs=4",
+                              "data.num_classes=10", f"search.amp={amp}"])
+        results[amp] = json.loads((run_search(cfg) / "result.json").read_text())
+    a, b = results["off"], results["bf16"]
+    ga, gb = a["genotype_json"], b["genotype_json"]
+    same = sum(x == y for cell in ("normal", "reduce") for x, y in zip(ga[cell], gb[cell], strict=True))
+    alphas = {k: torch.tensor(r["alphas"]["normal"] + r["alphas"]["reduce"]) for k, r in results.items()}
+    err = rel_err(alphas["bf16"], alphas["off"])
+    ok = a["status"] == b["status"] == "completed" and b["precision"] == "bf16-autocast" and \
+        a["precision"].startswith("fp32")
+    return ok, (f"genotype entries equal {same}/16 (identical: {ga == gb}); alpha rel L2 {err:.2e}; "
+                f"precisions {a['precision']} vs {b['precision']}")
+
+
 CHECKS: list[tuple[str, Callable[[torch.device, Sizes, Path], tuple[bool, str]]]] = [
     ("forward_backward_cuda_vs_cpu", check_forward_backward),
     ("bf16_autocast_loss", check_bf16_loss),
@@ -435,6 +462,7 @@ CHECKS: list[tuple[str, Callable[[torch.device, Sizes, Path], tuple[bool, str]]]
     ("packed_vs_separate", check_packed_vs_separate),
     ("search_cuda_graph_vs_eager", check_search_cuda_graph),
     ("train_cuda_graph_vs_eager", check_train_cuda_graph),
+    ("bf16_vs_fp32_genotype", check_bf16_vs_fp32_genotype),
 ]
 
 

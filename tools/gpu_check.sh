@@ -12,7 +12,8 @@
 #                (.venv/lib/python3.*/site-packages/<pkg>) or wheels in ${WHEELS:-.whl}.
 #   correctness  tools/gpu_check.py (supernet fwd/bwd CUDA vs CPU, bf16 loss, alpha gradients,
 #                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search,
-#                packed seeds vs separate searches, search and retrain CUDA graph vs eager).
+#                packed seeds vs separate searches, search and retrain CUDA graph vs eager,
+#                bf16 vs fp32 genotype of one small search: the evidence search.amp's default waits on).
 #   bench_search `unrealnas bench search` paper preset, darts and darts2, baseline vs optimised, then
 #                the packed-seed rows: single engine vs packed S=1 and S=5, eager and CUDA graph
 #                (ops_per_iter, s/iter, images/s, paper_seeds_h).
@@ -22,8 +23,8 @@
 # Output: everything tee'd to $OUT/gpu_check.log; $OUT/gpu_check.json (stages, rc, seconds) plus
 # the JSON of each stage (gpu_check_correctness.json, bench_search.json, bench_data.json,
 # bench_search-packed.json, bench_search_compile.json). OUT defaults to /tmp/gpu_check. Budget: the
-# first stages take about 3-5 minutes on an H100 (limits 150 + 200 + 100 s); the compile stage gets what is left of
-# ${GPU_CHECK_BUDGET_S:-470} s (at least 60 s), so the whole script ends within about 8 minutes.
+# first stages take about 3-5 minutes on an H100 (limits 180 + 180 + 80 s); the compile stage gets what is left of
+# ${GPU_CHECK_BUDGET_S:-520} s (at least 60 s), so the whole script ends within about 9 minutes (one device call is at most 10).
 #
 # With the device tool: carry [".venv/lib/python3.11/site-packages/hydra",
 # ".venv/lib/python3.11/site-packages/omegaconf", ".venv/lib/python3.11/site-packages/antlr4"]
@@ -125,12 +126,12 @@ if [[ $DRY -eq 1 ]]; then
     fractal=false json="$OUT/bench_data.json"
   record bench_compile SKIP 0 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
-  run_stage correctness 150 $PY tools/gpu_check.py --out "$OUT"
-  run_stage bench_search 200 $PY -m unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5 \
+  run_stage correctness 180 $PY tools/gpu_check.py --out "$OUT"
+  run_stage bench_search 180 $PY -m unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5 \
     json="$OUT/bench_search.json"
-  run_stage bench_data 100 $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
+  run_stage bench_data 80 $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
   # compiling the paper supernet may take minutes: give it what is left of the ~8 minute budget
-  left=$((${GPU_CHECK_BUDGET_S:-470} - ($(date +%s) - START)))
+  left=$((${GPU_CHECK_BUDGET_S:-520} - ($(date +%s) - START)))
   OPTIONAL=1 run_stage bench_compile $((left > 60 ? left : 60)) $PY -m unrealnas bench search preset=paper \
     methods=darts compile=true steps=20 warmup=3 packed=null json="$OUT/bench_search_compile.json"
 fi

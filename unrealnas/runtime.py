@@ -31,6 +31,27 @@ def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextMa
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def allow_tf32(device: torch.device) -> None:
+    """On CUDA, let fp32 matmuls and convolutions use TF32 tensor cores (fp32 storage, 10-bit mantissa products)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def precision_name(device: torch.device, autocast_dtype: str | None) -> str:
+    """The precision that runs: ``bf16-autocast`` / ``fp16-autocast``, else ``fp32`` (``fp32+tf32`` when CUDA allows TF32)."""
+    if autocast_dtype in ("bf16", "fp16"):
+        return f"{autocast_dtype}-autocast"
+    if device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        return "fp32+tf32"
+    return "fp32"
+
+
+def search_autocast_dtype(device: torch.device, amp: str) -> str | None:
+    """``search.amp`` resolved for ``device``: "bf16" (bf16, or auto on CUDA) or None (fp32)."""
+    return "bf16" if amp == "bf16" or (amp == "auto" and device.type == "cuda") else None
+
+
 def use_channels_last(device: torch.device, setting: str) -> bool:
     """Whether to run convolutions in channels_last memory format (NHWC kernels on GPUs)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
@@ -46,9 +67,9 @@ def git_sha() -> str | None:
         return None
 
 
-def provenance() -> dict:
-    """What a run directory records about how it was made: command, code version, SLURM ids."""
+def provenance(precision: str | None = None) -> dict:
+    """What a run directory records about how it was made: command, code version, SLURM ids, precision."""
     slurm = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                                        "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST") if k in os.environ}
     return {"command": shlex.join(sys.argv), "git_sha": git_sha(), "slurm": slurm or None,
-            "torch": torch.__version__, "host": os.uname().nodename}
+            "torch": torch.__version__, "host": os.uname().nodename, "precision": precision}

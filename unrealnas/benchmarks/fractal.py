@@ -1,7 +1,8 @@
 """Speed of the RLGD fractal generator: FracDB-100 at 32 px; the reference setting vs a per-point loop.
 
 Rows: the category search (default cfg: 100 categories, 100k points at 512 px), rendering 60,000 images
-at 32 px, their total, and one image at the reference setting (362 px, 200k points) rendered by
+at 32 px (each rendered at 362 px with 200k points and area-downsampled, on every core; ``cpu_seconds``
+then counts this process only), their total, and one image at the reference setting (362 px, 200k points) rendered by
 ``render_fractals`` (cold: no cached cloud) and by a plain per-point Python loop written here as the
 baseline (one chaos-game step and one 3x3 paste per point, as the FractalDB reference renderer does,
 but pasting with a numpy slice instead of a PIL image per point: about 1 s per image where the
@@ -40,8 +41,12 @@ def _row(name: str, images: int, seconds: float, cpu: float, **extra: Any) -> di
 
 
 def per_point_reference_render(system: fractal.IFSSystem, weights: np.ndarray, n_points: int, resolution: int,
-                               pad: int, seed: int) -> np.ndarray:
-    """Baseline: one Python step per point of the chaos game, then one 3x3 paste per point (colour)."""
+                               pad: int, seed: int, gray: bool = False) -> np.ndarray:
+    """Baseline: one Python step per point of the chaos game, then one 3x3 paste per point (colour or gray 127).
+
+    The FractalDB reference algorithm, re-implemented: one chain from (0, 0), points rescaled into
+    the canvas, each pasting a 3x3 patch with a random non-empty mask (zeros included).
+    """
     rng = np.random.default_rng(seed)
     params = (system.params * weights).tolist()
     cum = np.cumsum(system.probs).tolist()
@@ -66,9 +71,32 @@ def per_point_reference_render(system: fractal.IFSSystem, weights: np.ndarray, n
     masks = rng.integers(1, 512, size=len(cols)).tolist()
     bits = np.array([[(m >> o) & 1 for o in range(9)] for m in range(512)], dtype=np.uint8)
     bits = bits.reshape(512, 3, 3, 1)
+    gray_rgb = np.full(3, fractal._GRAY, dtype=np.uint8)
     for j, (r, c, m) in enumerate(zip(rows, cols, masks, strict=True)):
-        image[r - 1: r + 2, c - 1: c + 2] = bits[m] * palette[j % len(palette)]
+        image[r - 1: r + 2, c - 1: c + 2] = bits[m] * (gray_rgb if gray else palette[j % len(palette)])
     return image
+
+
+def sample_instances(num_categories: int, per_category: int, instances: int, seed: int) -> np.ndarray:
+    """Image indices of ``per_category`` instances (one seeded choice, the same for every category) of each category."""
+    chosen = np.sort(np.random.default_rng(seed).choice(instances, size=per_category, replace=False))
+    return (np.arange(num_categories)[:, None] + num_categories * chosen[None, :]).reshape(-1)
+
+
+def category_similarity(images: np.ndarray, category: np.ndarray, flips_out: bool = False) -> tuple[float, float]:
+    """Mean pixel cosine similarity of image pairs within one category and across categories.
+
+    ``flips_out``: a pair's similarity is the best over the 4 flips of the second image, so that
+    mirrored instances count as alike.
+    """
+    x = images.reshape(len(images), images.shape[1], images.shape[2], -1).astype(np.float64)
+    variants = [x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1]] if flips_out else [x]
+    unit = [v.reshape(len(x), -1) / np.maximum(np.linalg.norm(v.reshape(len(x), -1), axis=1, keepdims=True), 1e-12)
+            for v in variants]
+    sim = np.max([unit[0] @ u.T for u in unit], axis=0)
+    same = category[:, None] == category[None, :]
+    off_diagonal = ~np.eye(len(x), dtype=bool)
+    return float(sim[same & off_diagonal].mean()), float(sim[~same].mean())
 
 
 def run_fractal_benchmark(quick: bool = False) -> list[dict[str, Any]]:
@@ -85,16 +113,18 @@ def run_fractal_benchmark(quick: bool = False) -> list[dict[str, Any]]:
                      extrapolated=quick, candidates=draws * scale, candidates_per_s=round(draws / s_wall, 1)))
 
     n32 = FRACDB_IMAGES // scale
+    workers = fractal.default_workers()
     fractal.clear_render_cache()
-    _, r_wall, r_cpu = _timed(lambda: fractal.render_fractals(systems, np.arange(n32), part, 32, 3, 0))
+    _, r_wall, r_cpu = _timed(lambda: fractal.render_fractals(systems, np.arange(n32), part, 32, 3, 0, workers))
     note = f" ({n32} images of {part.num_categories} categories, extrapolated)" if quick else ""
-    rows.append(_row(f"render 32 px, {FRACDB_IMAGES} images{note}", FRACDB_IMAGES, r_wall * scale,
-                     r_cpu * scale, extrapolated=quick))
-    rows.append(_row(f"FracDB-100 at 32 px total (search + render {FRACDB_IMAGES})", FRACDB_IMAGES,
-                     (s_wall + r_wall) * scale, (s_cpu + r_cpu) * scale, extrapolated=quick))
+    how = f"rendered at {cfg.render_resolution} px / {fractal.num_render_points(cfg, cfg.render_resolution)} points"
+    rows.append(_row(f"render 32 px ({how}, area-downsampled, {workers} workers), {FRACDB_IMAGES} images{note}",
+                     FRACDB_IMAGES, r_wall * scale, r_cpu * scale, extrapolated=quick, workers=workers))
+    rows.append(_row(f"FracDB-100 at 32 px total (search + render {FRACDB_IMAGES}, {workers} workers)", FRACDB_IMAGES,
+                     (s_wall + r_wall) * scale, (s_cpu + r_cpu) * scale, extrapolated=quick, workers=workers))
 
     n_ref = 2 if quick else 4  # distinct categories: each image needs its own cloud
-    ref_cfg = dataclasses.replace(cfg, render_points=REF_POINTS)
+    ref_cfg = dataclasses.replace(cfg, render_points=REF_POINTS, render_resolution=0, color=True)
     fractal.clear_render_cache()
     _, v_wall, v_cpu = _timed(
         lambda: fractal.render_fractals(systems, np.arange(n_ref), ref_cfg, REF_RESOLUTION, 3, 0))

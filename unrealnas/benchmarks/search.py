@@ -187,7 +187,7 @@ def time_search_iterations(b: SearchBench, device: torch.device, steps: int, war
 def paper_schedule() -> dict[str, int]:
     """Epochs and iterations of a full paper search, from the schema defaults (the paper preset)."""
     s, d = SearchConfig(), DataConfig()
-    n_train = int(s.train_portion * int(d.num_images))
+    n_train = s.num_train or int(s.train_portion * int(d.num_images))
     return {"warmup_epochs": s.warmup_epochs, "search_epochs": s.epochs, "batch_size": s.batch_size,
             "iters_per_epoch": n_train // s.batch_size, "train_images": n_train}
 

@@ -117,15 +117,21 @@ def validate_config(cfg: DictConfig) -> None:
     _check(0.0 < f.filling_rate < 1.0, "data.fractal.filling_rate", f.filling_rate, "use a rate in (0, 1)")
     _check(f.num_categories >= 1, "data.fractal.num_categories", f.num_categories, "use at least 1 category")
     _check(f.search_points >= 100, "data.fractal.search_points", f.search_points, "use at least 100 points")
+    _check(f.render_resolution == 0 or f.render_resolution >= d.resolution, "data.fractal.render_resolution",
+           f.render_resolution, f"use 0 (render at data.resolution) or at least data.resolution={d.resolution}")
+    _check(d.workers >= 0, "data.workers", d.workers, "use 0 (one per core) or a positive process count")
     _check(f.render_points >= 0, "data.fractal.render_points", f.render_points, "use 0 (auto) or a positive count")
     _check(f.search_canvas > 2 * f.search_pad, "data.fractal.search_canvas", f.search_canvas, "must exceed 2*search_pad")
     s = cfg.search
     _check(s.method in SEARCH_METHODS, "search.method", s.method, f"choose one of {', '.join(SEARCH_METHODS)}")
     _check(s.split is None or s.split in SPLITS, "search.split", s.split, f"choose one of {', '.join(SPLITS)}")
+    _check(s.num_train >= 0, "search.num_train", s.num_train, "use 0 (train_portion) or a positive image count")
     _check(0.0 < s.train_portion <= 1.0, "search.train_portion", s.train_portion, "use a fraction in (0, 1]")
     _check(s.layers >= 3, "search.layers", s.layers, "use at least 3 cells (two are reductions)")
     _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")
     _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
+    _check(s.sgas.normalize_over in ("all", "undecided"), "search.sgas.normalize_over", s.sgas.normalize_over,
+           "choose all (the reference) or undecided")
     _check(s.alpha_init in ("zeros", "randn"), "search.alpha_init", s.alpha_init, "choose zeros or randn")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")

@@ -29,11 +29,12 @@ class FractalConfig:
     search_points: int = 100_000  # chaos-game points used to measure the filling rate
     search_canvas: int = 512  # canvas (px) on which the filling rate is measured (reference)
     search_pad: int = 6  # border (px) left when the point cloud is rescaled into a canvas
-    render_points: int = 0  # points per image; 0 = reference density, 200k * (res / 362)^2 (1563 at 32 px)
+    render_resolution: int = 362  # canvas (px) each image is rendered on, then area-downsampled (FractalDB: 362); 0 = data.resolution
+    render_points: int = 0  # points per render; 0 = reference density, 200k * (render_resolution / 362)^2 (200k at 362)
     weight_step: float = 0.4  # k of the weight rows (1-2k, 1-k, 1+k, 1+2k); the reference default is 0.1
     patch: bool = True  # draw each point as a 3x3 patch with a random non-empty mask (FractalDB)
-    color: bool = True  # hue wheel over the points, random offset per image (reference); False: gray 127
-    flips: bool = True  # random horizontal/vertical flips per instance
+    color: bool = False  # False: gray 127 (FractalDB's patch_gray default); True: hue wheel over the points
+    flips: bool = True  # every weight row with each of the 4 flips (none, h, v, both), balanced, as the reference
     max_tries: int = 200_000  # give up the category search after this many rejected systems
 
 
@@ -46,9 +47,11 @@ class DataConfig:
     resolution: int = 32  # image height = width (px)
     channels: int = 3  # image channels
     shard_size: int = 10_000  # images per HDF5 shard (does not change any byte of the data)
+    workers: int = 0  # processes rendering RLGD images (0 = one per available core; does not change any byte)
     noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
     root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
     source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)
+    seed: Optional[int] = None  # seed of the dataset (images and labels); null = the master seed (which seeds the search)
     id: Optional[str] = None  # dataset folder name under paths.data; null = derived from the parameters
     verify_on_load: bool = True  # check every shard's size and sha256 before training on it
     fractal: FractalConfig = field(default_factory=FractalConfig)
@@ -61,6 +64,7 @@ class SGASConfig:
     decision_freq: int = 5  # then one decision every this many epochs
     history_size: int = 4  # epochs of history for the stability criterion
     batch_increase: int = 8  # batch size grows by this after each decision
+    normalize_over: str = "all"  # min-max of the scores over all 14 edges (reference) | undecided (edges not yet fixed)
 
 
 @dataclass
@@ -84,9 +88,10 @@ class SearchConfig:
     arch_weight_decay: Optional[float] = None  # null = 0 for random labels, 1e-3 for true labels
     alpha_init: str = "zeros"  # zeros (UnrealNAS) | randn (reference: 1e-3 * randn)
     split: Optional[str] = None  # same_flipped | other_half; null = same_flipped for random labels
-    train_portion: float = 0.5  # fraction of the train split used for the weight step
+    num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
+    train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: str = "off"  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
     supernet: str = "fused"  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)

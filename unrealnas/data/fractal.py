@@ -20,46 +20,55 @@ reference drops the 100 points before a NaN). The cloud is shifted to 0 and each
 ``size - 2 * pad`` bins starting at ``pad``; y points up. A cloud with no finite chain or a zero or
 non-finite extent is degenerate: rejected at search time, rendered as a black image.
 
-Rendering (``render_fractals``): image ``i`` is category ``i % C``, instance ``i // C``, weight row
-``instance % 25`` (row 0 = identity; then for each of the six parameters, that parameter of every
-map scaled by 1-2k, 1-k, 1+k, 1+2k; the map probabilities stay those of the category, as in the
-reference). Re-seeding, decided: like the reference, the point sequence is re-seeded identically
-for every render of one (category, weight row), from ``SeedSequence([seed, _STREAM_CLOUD, category,
-row])``. Instances of one row therefore differ only in their per-image randomness (the 3x3 patch
-masks, the flips and the hue offset). This keeps the category signal strong and lets one cloud
-serve all its instances (a per-process LRU caches what they share), which is what makes FracDB-100
-at 32 px cheap. The per-image randomness is counter-based: image ``i`` has the key
-``mix(s + i * g)`` (``s`` from ``SeedSequence([seed, _STREAM_IMAGE])``, ``mix`` the SplitMix64
-finaliser, ``g`` its golden-ratio increment); its flips and hue offset come from ``mix(key ^ salt)``
-and the mask of point ``p`` from ``mix(key + (p + 1) * g)``, the p-th SplitMix64 output. Any
-point's mask is addressable without drawing the others or building a generator per image. Every
+Rendering (``render_fractals``), as FractalDB: each image is rendered on a ``render_resolution``
+canvas (362 px, the reference's) with the reference's points per render (200k at 362 px,
+``render_points == 0``: ``round(200_000 * (render_resolution / 362) ** 2)``, at least
+``_MIN_RENDER_POINTS``), then box-filter (area) downsampled to ``data.resolution``: a 32 px image
+is a smooth shape with thin filaments, not the binary speckle of 3x3 patches stamped on 32 px.
+The downsample weights are exact integer overlaps and the sums are exact in float64, so the bytes
+do not depend on BLAS; the canvas itself is never built (see ``_paint``).
+
+Instances (``instance_layout``): image ``i`` is category ``i % C``, instance ``j = i // C``, weight
+row ``j % 25`` (row 0 = identity; then for each of the six parameters, that parameter of every map
+scaled by 1-2k, 1-k, 1+k, 1+2k; the map probabilities stay those of the category, as in the
+reference), flip code ``(j // 25) % 4`` and repeat ``j // 100``: every weight row with each of the 4
+flips (none, horizontal, vertical, both), balanced, and the 4 flips of one render are that render
+flipped, as the reference writes each render 4 times (FracDB-100: 6 repeats x 25 rows x 4 flips).
+Re-seeding, decided: like the reference, the point sequence is re-seeded identically for every
+render of one (category, weight row), from ``SeedSequence([seed, _STREAM_CLOUD, category, row])``;
+repeats of one row differ only in their patch masks (and hue offset). One cloud therefore serves
+all its renders and is computed once per call. The per-render randomness is counter-based: render
+``r`` has the key ``mix(s + r * g)`` (``s`` from ``SeedSequence([seed, _STREAM_IMAGE])``, ``mix`` the
+SplitMix64 finaliser, ``g`` its golden-ratio increment); its hue offset comes from ``mix(key ^
+salt)`` and the mask of point ``p`` from ``mix(key + (p + 1) * g)``, the p-th SplitMix64 output. Every
 byte of image ``i`` is a pure function of (systems, cfg, resolution, channels, seed, i), whatever
-chunk of indices it is rendered in and whatever the cache holds.
+chunk of indices it is rendered in, however many worker processes share the clouds, and whatever
+the cache holds.
 
 Patch filter, as in the reference: point ``j`` pastes a 3x3 patch with a random non-empty mask
 (uniform over the 511 masks) centred on its pixel; the paste also writes the mask's zeros, so a
 pixel shows the mask bit (and colour) of the LAST point whose patch covers it (about half the
 covered pixels stay dark). Which point that is depends only on the cloud, so it is computed once per
-cloud (a scatter-max of point ids on the base pixels, then a max over the 9 shifts) and each image
+cloud (a scatter-max of point ids on the base pixels, then a max over the 9 shifts) and each render
 only evaluates its own mask bits there. Without the patch filter each point lights its one pixel.
 
-Colour: point ``j`` gets hue ``(j + offset) mod 128`` on a 128-step HSV wheel with S = V = 0.75 (the
-reference's wheel, indexed by point), where ``offset`` is random per image; gray (or
-``color=False``) is 127 on every channel; ``channels == 1`` is always gray.
+Colour: gray by default (``color=False``): 127 on every channel, FractalDB's ``patch_gray``;
+``channels == 1`` is always gray. With ``color=True`` point ``j`` gets hue ``(j + offset) mod 128`` on
+a 128-step HSV wheel with S = V = 0.75 (the reference's colour wheel), ``offset`` random per render.
 
-Points per rendered image (``render_points == 0``): the reference density of 200k points at
-362 px (1.53 points per pixel), i.e. ``round(200_000 * (resolution / 362) ** 2)``, at least
-``_MIN_RENDER_POINTS``: 1563 points at 32 px. There the 3x3 patches saturate the silhouette from
-about 800 points on (measured on FracDB-100, 1000 images: 25% of the pixels lit with 300 points,
-26% with 800, 27% with 1563, 28% with 20k), so the images are speckled shapes, not blobs, and the
-rule needs no special case for small sizes. The border is ``search_pad`` scaled to the resolution
-(at least 1 px with the patch filter so that patches stay inside).
+The border is ``search_pad`` scaled from the search canvas to the render canvas (4 px at 362 for
+the default 6 px at 512; the reference pads 6 px on both canvases; at least 1 px with the patch
+filter so that patches stay inside). ``render_resolution == 0`` renders directly at
+``data.resolution`` (the old speckle images).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +89,7 @@ _MIN_RENDER_POINTS = 256  # a floor for tiny images (the density rule gives 8 px
 _SEARCH_BATCH = 32  # candidates evaluated per vectorised chaos game (does not change any result)
 _CLOUD_BATCH_POINTS = 4_000_000  # points per vectorised chaos game while rendering (bounds memory)
 _GATHER_ELEMENTS = 1 << 18  # chain-steps whose map coefficients are gathered in one call (bounds memory)
-_GROUP_PIXELS = 2_000_000  # image pixels painted per vectorised call (bounds memory)
+_RENDERS_PER_CALL = 64  # renders per sparse downsample product (bounds the covered x renders value matrix)
 _UNDER_ONE = 1.0 - 1e-9  # bins per extent a hair under the bin count: the maximum lands in the last bin
 _HUES = 128
 _GRAY = 127
@@ -308,16 +317,12 @@ def search_with_draws(cfg: FractalConfig, seed: int) -> tuple[list[IFSSystem], i
 
 
 class _RenderTable:
-    """What every instance of one (category, weight row) cloud shares: the last point over each pixel."""
+    """What every render of one (category, weight row) cloud shares: the last point over each pixel."""
 
     __slots__ = ("pixels", "point", "word", "cell", "hue", "nbytes")
 
-    def __init__(self, pixels: np.ndarray, point: np.ndarray, cell: np.ndarray, resolution: int) -> None:
-        r, c = np.divmod(pixels, resolution)
-        flip_r, flip_c = (resolution - 1 - r) * resolution, resolution - 1 - c
-        # flat indices (row 0 at the top) of the covered pixels, for flip code hflip + 2 * vflip
-        self.pixels = np.stack([pixels, r * resolution + flip_c, flip_r + c, flip_r + flip_c])
-        self.pixels = self.pixels.astype(np.int32)
+    def __init__(self, pixels: np.ndarray, point: np.ndarray, cell: np.ndarray) -> None:
+        self.pixels = pixels.astype(np.int32)  # flat indices (row 0 at the top) of the covered pixels
         self.point = point  # index of the last point whose patch covers each pixel
         self.word = (point.astype(np.uint64) + np.uint64(1)) * _GOLDEN  # its counter in the mask stream
         self.cell = cell.astype(np.uint64)  # which of the 9 patch cells lies on the pixel (4 without patches)
@@ -357,7 +362,7 @@ def _render_tables(flat: np.ndarray, ok: np.ndarray, resolution: int,
             tables.append(None)
             continue
         pixels = np.flatnonzero(last[s] >= 0).astype(np.int32)
-        tables.append(_RenderTable(pixels, last[s, pixels].astype(np.int32), cell[s, pixels], resolution))
+        tables.append(_RenderTable(pixels, last[s, pixels].astype(np.int32), cell[s, pixels]))
     return tables
 
 
@@ -453,77 +458,262 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def _image_keys(seed: int, indices: np.ndarray) -> np.ndarray:
-    """One 64-bit key per image index: the start of that image's counter-based random stream."""
+def _image_keys(seed: int, renders: np.ndarray) -> np.ndarray:
+    """One 64-bit key per render id: the start of that render's counter-based random stream."""
     base = np.random.SeedSequence([seed, _STREAM_IMAGE]).generate_state(1, dtype=np.uint64)
-    return _mix64(base + indices.astype(np.uint64) * _GOLDEN)
+    return _mix64(base + renders.astype(np.uint64) * _GOLDEN)
 
 
-def _render_group(images: np.ndarray, pos: np.ndarray, keys: np.ndarray, table: _RenderTable,
-                  cfg: FractalConfig, colour: bool) -> None:
-    """Paint the instances `pos` of one cloud into images (n, H*W, C), in place."""
-    h = _mix64(keys ^ _SALT_IMAGE)
-    flip = (h & np.uint64(3)).astype(np.intp) if cfg.flips else np.zeros(len(pos), dtype=np.intp)
-    offset = ((h >> np.uint64(2)) & np.uint64(_HUES - 1)).astype(np.int16)
-    area = images.shape[1]
-    flat = table.pixels[flip] + (pos * area)[:, None]  # (G, covered)
+def instance_layout(indices: np.ndarray, num_categories: int,
+                    flips: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Image index -> (category, weight row, flip code, render id), the reference's instance order.
+
+    Image ``i`` is category ``i % C`` and instance ``j = i // C``; its weight row is ``j % 25`` and,
+    with flips, its flip code ``(j // 25) % 4`` (0 none, 1 horizontal, 2 vertical, 3 both) and its
+    repeat ``j // 100``: every weight row appears with each of the 4 flips, balanced, and the 4 flips
+    are one render flipped (the reference writes each render 4 times). Without flips the repeat is
+    ``j // 25``. The render id numbers the distinct renders: ``category + C * (row + 25 * repeat)``.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    category, instance = indices % num_categories, indices // num_categories
+    row = instance % 25
+    if flips:
+        flip, repeat = (instance // 25) % 4, instance // 100
+    else:
+        flip, repeat = np.zeros_like(instance), instance // 25
+    return category, row, flip, category + num_categories * (row + 25 * repeat)
+
+
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) integer box-filter weights: output pixel i's overlap with source pixel k, in 1/dst px.
+
+    Output pixel i covers [i * src, (i + 1) * src) and source pixel k covers [k * dst, (k + 1) * dst)
+    on a grid of 1/dst source pixels; each row sums to ``src``.
+    """
+    i, k = np.arange(dst)[:, None], np.arange(src)[None, :]
+    overlap = np.minimum((i + 1) * src, (k + 1) * dst) - np.maximum(i * src, k * dst)
+    return np.maximum(overlap, 0).astype(np.float64)
+
+
+def area_downsample(images: np.ndarray, size: int) -> np.ndarray:
+    """Box-filter (area) downsample of uint8 images (n, R, R, C) to (n, size, size, C), exactly rounded.
+
+    The weighted sums are integers below 2^53, so float64 BLAS computes them exactly in any
+    summation order: the bytes do not depend on the BLAS build or its threads.
+    """
+    src = images.shape[1]
+    if src == size:
+        return images
+    n, channels = images.shape[0], images.shape[3]
+    w = area_weights(src, size)
+    # two plain GEMMs: columns of every (image, channel, row) at once, then the rows
+    x = np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float64).reshape(-1, src)
+    y = (x @ w.T).reshape(n * channels, src, size).transpose(1, 0, 2).reshape(src, -1)
+    acc = (w @ y).reshape(size, n * channels, size).transpose(1, 0, 2)  # (n * C, size, size)
+    total = src * src
+    out = (acc.astype(np.int64) * 2 + total) // (2 * total)  # round half up
+    return out.astype(np.uint8).reshape(n, channels, size, size).transpose(0, 2, 3, 1)
+
+
+def render_resolution(cfg: FractalConfig, resolution: int) -> int:
+    """The canvas (px) images are rendered on before the area downsample: cfg.render_resolution, 0 = resolution."""
+    size = int(cfg.render_resolution) or resolution
+    if size < resolution:
+        raise ConfigError(f"data.fractal.render_resolution={size} is below data.resolution={resolution}; "
+                          f"use at least {resolution}, or 0 to render at data.resolution")
+    return size
+
+
+def _downsample_matrix(table: _RenderTable, src: int, dst: int) -> Any:
+    """Sparse (dst*dst, covered) integer box weights from the table's covered pixels to the output pixels.
+
+    A source pixel overlaps at most 2 x 2 output pixels when dst <= src.
+    """
+    from scipy import sparse
+
+    w = area_weights(src, dst)  # (dst, src)
+    first = np.argmax(w > 0, axis=0)  # first output pixel each source pixel overlaps
+    second = np.minimum(first + 1, dst - 1)
+    w0 = w[first, np.arange(src)]
+    w1 = np.where(second != first, w[second, np.arange(src)], 0.0)
+    r, c = np.divmod(table.pixels.astype(np.int64), src)
+    # column j (covered pixel j) holds its 4 (output pixel, weight) pairs: CSC without any sort
+    rows = np.stack([ro * dst + co for ro in (first[r], second[r]) for co in (first[c], second[c])], axis=1)
+    vals = np.stack([wr * wc for wr in (w0[r], w1[r]) for wc in (w0[c], w1[c])], axis=1)
+    indptr = np.arange(0, 4 * len(table.pixels) + 1, 4)
+    return sparse.csc_matrix((vals.reshape(-1), rows.reshape(-1), indptr), shape=(dst * dst, len(table.pixels)))
+
+
+def _paint(table: _RenderTable, down: Any, keys: np.ndarray, cfg: FractalConfig, colour: bool, src: int,
+           dst: int) -> np.ndarray:
+    """Renders of one cloud on the src canvas, area-downsampled to dst -> uint8 (n, dst, dst, 3 or 1).
+
+    The canvas is never built: a covered pixel shows its last point's mask bit (and colour), so the
+    downsample is one sparse product of the per-pixel values with the box weights, exact in float64
+    (integer weights and values, sums below 2^53).
+    """
+    n = len(keys)
     if cfg.patch:
-        # mask of point p in image i: 1 + 511 * (high half of the p-th SplitMix64 output of key i) / 2^32
+        # mask of point p in render r: 1 + 511 * (high half of the p-th SplitMix64 output of key r) / 2^32
         word = _mix64(keys[:, None] + table.word[None, :])
         word >>= np.uint64(32)
         word *= np.uint64(511)
         word >>= np.uint64(32)
         word += np.uint64(1)
         word >>= table.cell[None, :]
-        lit = (word & np.uint64(1)).astype(bool)
-        flat = flat[lit]
+        lit = (word & np.uint64(1)).astype(np.float64)  # (n, covered)
     else:
-        lit = None
-        flat = flat.reshape(-1)
-    out = images.reshape(-1, images.shape[2])
+        lit = np.ones((n, len(table.pixels)))
     if colour:
-        hue = (table.hue[None, :] + offset[:, None]) & (_HUES - 1)
-        out[flat] = _PALETTE[hue[lit] if lit is not None else hue.reshape(-1)]
+        offset = ((_mix64(keys ^ _SALT_IMAGE) >> np.uint64(2)) & np.uint64(_HUES - 1)).astype(np.int16)
+        rgb = _PALETTE[(table.hue[None, :] + offset[:, None]) & (_HUES - 1)].astype(np.float64)  # (n, cov, 3)
+        values = (lit[:, :, None] * rgb).transpose(1, 0, 2).reshape(len(table.pixels), n * 3)
     else:
-        out[flat] = _GRAY
+        values = (lit * _GRAY).T  # (covered, n)
+    acc = down @ values  # (dst*dst, n*C) integers
+    total = src * src
+    out = (np.rint(acc).astype(np.int64) * 2 + total) // (2 * total)  # round half up
+    channels = 3 if colour else 1
+    return out.astype(np.uint8).reshape(dst, dst, n, channels).transpose(2, 0, 1, 3)
 
 
-def render_fractals(systems: list[IFSSystem], indices: np.ndarray, cfg: FractalConfig, resolution: int,
-                    channels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render images `indices` of the dataset -> (uint8 images (n, H, W, C), int64 category (n,))."""
+def _check_render_args(systems: list[IFSSystem], cfg: FractalConfig, resolution: int, channels: int) -> int:
     if channels not in (1, 3):
         raise ConfigError(f"data.channels={channels}: fractal images have 1 (gray) or 3 channels")
     if resolution < 4:
         raise ConfigError(f"data.resolution={resolution}: fractal images need at least 4 px")
     if not systems:
         raise ConfigError("render_fractals: no fractal categories given")
-    if resolution - 2 * render_pad(cfg, resolution) < 2:
-        raise ConfigError(f"data.fractal.search_pad={cfg.search_pad} leaves no room at {resolution} px; "
-                          "lower it")
+    size = render_resolution(cfg, resolution)
+    if size - 2 * render_pad(cfg, size) < 2:
+        raise ConfigError(f"data.fractal.search_pad={cfg.search_pad} leaves no room at {size} px; lower it")
+    return size
+
+
+def _render_serial(systems: list[IFSSystem], indices: np.ndarray, cfg: FractalConfig, resolution: int,
+                   channels: int, seed: int) -> np.ndarray:
+    """The images of ``indices`` in this process: each distinct render once, downsampled, then flipped."""
+    size = _check_render_args(systems, cfg, resolution, channels)
+    n_cat = len(systems)
+    _, _, flip, render = instance_layout(indices, n_cat, cfg.flips)
+    renders, inverse = np.unique(render, return_inverse=True)
+    r_cat, r_row = renders % n_cat, (renders // n_cat) % 25
+    colour = channels == 3 and cfg.color
+    small = np.zeros((len(renders), resolution, resolution, 3 if colour else 1), dtype=np.uint8)
+    n_points = num_render_points(cfg, size)
+    group_key = r_cat * 25 + r_row
+    order = np.argsort(group_key, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(group_key[order])) + 1) if len(order) else []
+    pairs = [(int(r_cat[g[0]]), int(r_row[g[0]])) for g in groups]
+    rows = weight_rows(cfg.weight_step)
+    keys = _image_keys(seed, renders)
+    per_call = _RENDERS_PER_CALL
+    per_batch = max(1, _CLOUD_BATCH_POINTS // n_points)  # clouds alive at once: memory stays bounded
+    for start in range(0, len(groups), per_batch):
+        batch = pairs[start: start + per_batch]
+        tables = _tables_for(batch, systems, rows, cfg, size, seed, n_points)
+        for g, pair in zip(groups[start: start + per_batch], batch, strict=True):
+            if tables[pair] is None:
+                continue  # the weighted system diverged: a black image (the reference would fail)
+            down = _downsample_matrix(tables[pair], size, resolution)
+            for first in range(0, len(g), per_call):
+                pos = g[first: first + per_call]
+                small[pos] = _paint(tables[pair], down, keys[pos], cfg, colour, size, resolution)
+    images = small[inverse]
+    for code, axes in ((1, (2,)), (2, (1,)), (3, (1, 2))):
+        sel = flip == code
+        if sel.any():
+            images[sel] = np.flip(images[sel], axis=axes)
+    if images.shape[3] != channels:
+        images = np.repeat(images, channels, axis=3)  # gray on 3 channels, as the reference's PNGs
+    return images
+
+
+def _render_task(args: tuple) -> np.ndarray:
+    return _render_serial(*args)
+
+
+def _single_threaded_blas() -> None:
+    """Pool initializer: one BLAS thread per worker (the workers already use every core)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # only a speed matter: oversubscribed BLAS threads
+        return
+    threadpool_limits(1)
+
+
+@contextlib.contextmanager
+def _process_pool(workers: int) -> Iterator[Any]:
+    """A fork pool: workers inherit the systems without pickling and never re-import ``__main__``.
+
+    The workers run numpy only (no torch call after the fork), which is fork-safe.
+    """
+    import multiprocessing
+
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_single_threaded_blas)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def default_workers() -> int:
+    """Processes that render by default: one per core this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def render_fractals(systems: list[IFSSystem], indices: np.ndarray, cfg: FractalConfig, resolution: int,
+                    channels: int, seed: int, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Render images `indices` of the dataset -> (uint8 images (n, H, W, C), int64 category (n,)).
+
+    ``workers`` > 1 splits the clouds over that many processes; every byte is the same as with 1.
+    """
+    _check_render_args(systems, cfg, resolution, channels)
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if len(indices) and indices.min() < 0:
         raise ValueError("render_fractals: image indices must be >= 0")
     n_cat = len(systems)
-    category = indices % n_cat
-    weight_row = (indices // n_cat) % 25
-    n_points = num_render_points(cfg, resolution)
-    images = np.zeros((len(indices), resolution * resolution, channels), dtype=np.uint8)
-    group_key = category * 25 + weight_row
-    order = np.argsort(group_key, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(group_key[order])) + 1) if len(order) else []
-    pairs = [(int(category[g[0]]), int(weight_row[g[0]])) for g in groups]
-    rows = weight_rows(cfg.weight_step)
-    keys = _image_keys(seed, indices)
-    colour = channels == 3 and cfg.color
-    per_call = max(1, _GROUP_PIXELS // (resolution * resolution))
-    per_batch = max(1, _CLOUD_BATCH_POINTS // n_points)  # clouds alive at once: memory stays bounded
-    for start in range(0, len(groups), per_batch):
-        batch = pairs[start: start + per_batch]
-        tables = _tables_for(batch, systems, rows, cfg, resolution, seed, n_points)
-        for g, pair in zip(groups[start: start + per_batch], batch, strict=True):
-            if tables[pair] is None:
-                continue  # the weighted system diverged: a black image (the reference would fail)
-            for first in range(0, len(g), per_call):
-                pos = g[first: first + per_call]
-                _render_group(images, pos, keys[pos], tables[pair], cfg, colour)
-    return images.reshape(len(indices), resolution, resolution, channels), category
+    category, row, _, _ = instance_layout(indices, n_cat, cfg.flips)
+    cloud = category * 25 + row
+    clouds = np.unique(cloud)
+    if workers <= 1 or len(clouds) < 2 or not hasattr(os, "fork"):
+        return _render_serial(systems, indices, cfg, resolution, channels, seed), category
+    # whole clouds per task (a cloud is computed once), several tasks per worker to balance the load
+    n_tasks = min(len(clouds), 4 * workers)
+    task_of_cloud = np.empty(int(clouds.max()) + 1, dtype=np.int64)
+    task_of_cloud[clouds] = np.arange(len(clouds)) % n_tasks
+    task = task_of_cloud[cloud]
+    parts = [np.flatnonzero(task == t) for t in range(n_tasks)]
+    images = np.zeros((len(indices), resolution, resolution, channels), dtype=np.uint8)
+    with _process_pool(min(workers, n_tasks)) as pool:
+        jobs = [(systems, indices[p], cfg, resolution, channels, seed) for p in parts]
+        for p, out in zip(parts, pool.imap(_render_task, jobs), strict=True):
+            images[p] = out
+    return images, category
+
+
+class FractalBlocks:
+    """Image blocks [a, b) of one RLGD dataset, rendered ahead in spans of whole clouds.
+
+    A shard of FracDB-100 touches every cloud; rendering ``budget_bytes`` of images at once (the
+    whole 32 px dataset) computes each cloud once instead of once per shard. Bytes never depend on
+    the span, the shard size or the worker count.
+    """
+
+    def __init__(self, systems: list[IFSSystem], cfg: FractalConfig, num_images: int, resolution: int,
+                 channels: int, seed: int, workers: int = 1, budget_bytes: int = 1 << 30) -> None:
+        self.systems, self.cfg, self.n = systems, cfg, int(num_images)
+        self.resolution, self.channels, self.seed, self.workers = resolution, channels, seed, max(1, workers)
+        self.span = max(1, budget_bytes // (resolution * resolution * channels))
+        self.start, self.images = 0, np.zeros((0, resolution, resolution, channels), dtype=np.uint8)
+
+    def __call__(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images and categories of [a, b)."""
+        if not (self.start <= a and b <= self.start + len(self.images)):
+            stop = min(self.n, max(b, a + self.span))
+            self.images, _ = render_fractals(self.systems, np.arange(a, stop), self.cfg, self.resolution,
+                                             self.channels, self.seed, self.workers)
+            self.start = a
+        images = self.images[a - self.start: b - self.start]
+        return images, np.arange(a, b, dtype=np.int64) % len(self.systems)

@@ -30,9 +30,21 @@ NOISE_STREAM = 2
 NOISE_BLOCK = 1024  # images per noise random stream: fixed, so that shard size never changes bytes
 
 
-def random_labels(num_images: int, num_classes: int, seed: int) -> np.ndarray:
-    """Uniform labels in [0, num_classes), drawn once per (dataset size, classes, seed)."""
-    rng = np.random.default_rng(np.random.SeedSequence([seed, LABEL_STREAM, num_classes]))
+LABEL_SCHEME = 2  # 2: labels keyed by the dataset too (1 shared them across datasets of one seed)
+
+
+def dataset_key(dataset: str) -> int:
+    """A stable 32-bit integer naming a dataset kind and source (e.g. ``rlrd:cifar10``) in seed sequences."""
+    return int.from_bytes(hashlib.sha256(dataset.encode()).digest()[:4], "little")
+
+
+def random_labels(num_images: int, num_classes: int, seed: int, dataset: str) -> np.ndarray:
+    """Uniform labels in [0, num_classes), drawn once per (dataset kind and source, seed, classes).
+
+    Keying by the dataset makes RLRN and RLGD of one seed and class count independent
+    (PROTOCOL section 1); the prefix of a longer draw is the shorter one.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, LABEL_STREAM, num_classes, dataset_key(dataset)]))
     return rng.integers(0, num_classes, size=num_images, dtype=np.int64)
 
 
@@ -78,7 +90,8 @@ def get_generator(name: str) -> Callable[[DictConfig, int], DatasetSpec]:
 
 def _header(cfg: DictConfig, seed: int, kind: str, label: str, num_classes: int, shape, dtype: str,
             normalization: dict | None, params: dict, extras: list[str]) -> dict[str, Any]:
-    return {"name": None, "kind": kind, "label": label, "seed": int(seed), "num_classes": int(num_classes),
+    extra = {"label_scheme": LABEL_SCHEME} if label == "random" else {}
+    return {"name": None, "kind": kind, "label": label, "seed": int(seed), **extra, "num_classes": int(num_classes),
             "shape": [int(s) for s in shape], "dtype": dtype, "normalization": normalization,
             "params": params, "extras": extras}
 
@@ -88,7 +101,7 @@ def build_rlrn(cfg: DictConfig, seed: int) -> DatasetSpec:
     """RLRN: Gaussian noise images with uniform random labels."""
     n, res, ch = int(cfg.num_images or 50_000), cfg.resolution, cfg.channels
     shape = (res, res, ch)
-    labels = random_labels(n, cfg.num_classes, seed)
+    labels = random_labels(n, cfg.num_classes, seed, "rlrn")
     header = _header(cfg, seed, "rlrn", "random", cfg.num_classes, shape, cfg.noise_dtype, None,
                      {"num_images": n, "resolution": res, "channels": ch, "noise_dtype": cfg.noise_dtype}, [])
     block = lambda a, b: {"images": gaussian_noise(a, b, shape, seed, cfg.noise_dtype), "labels": labels[a:b]}  # noqa: E731
@@ -98,19 +111,21 @@ def build_rlrn(cfg: DictConfig, seed: int) -> DatasetSpec:
 @register_generator("rlgd")
 def build_rlgd(cfg: DictConfig, seed: int) -> DatasetSpec:
     """RLGD: FracDB-style fractal images with uniform random labels (category kept as metadata)."""
-    from unrealnas.data.fractal import render_fractals, search_categories
+    from unrealnas.data.fractal import FractalBlocks, default_workers, search_categories
 
     fcfg = OmegaConf.to_object(cfg.fractal) if isinstance(cfg.fractal, DictConfig) else cfg.fractal
     n, res, ch = int(cfg.num_images or 60_000), cfg.resolution, cfg.channels
     systems = search_categories(fcfg, seed)
-    labels = random_labels(n, cfg.num_classes, seed)
+    labels = random_labels(n, cfg.num_classes, seed, "rlgd")
     params = {"num_images": n, "resolution": res, "channels": ch, "fractal": OmegaConf.to_container(cfg.fractal)}
     header = _header(cfg, seed, "rlgd", "random", cfg.num_classes, (res, res, ch), "uint8",
                      {"mean": list(cifar.CIFAR10_MEAN), "std": list(cifar.CIFAR10_STD)}, params, ["category"])
     header["systems"] = [s.to_json() for s in systems]
 
+    render = FractalBlocks(systems, fcfg, n, res, ch, seed, int(cfg.get("workers") or default_workers()))
+
     def block(a: int, b: int) -> dict[str, np.ndarray]:
-        images, category = render_fractals(systems, np.arange(a, b), fcfg, res, ch, seed)
+        images, category = render(a, b)
         return {"images": images, "labels": labels[a:b], "category": category}
 
     return DatasetSpec(header, [SplitPlan("train", n, block)])
@@ -135,7 +150,7 @@ def _build_cifar(cfg: DictConfig, seed: int, source: str, random_label: bool) ->
     if cfg.resolution != 32 or cfg.channels != 3:
         raise DataError(f"{source} images are 32x32x3; set data.resolution=32 data.channels=3")
     num_classes = cfg.num_classes if random_label else data.num_classes
-    labels = random_labels(n, num_classes, seed) if random_label else data.labels[:n]
+    labels = random_labels(n, num_classes, seed, f"rlrd:{source}") if random_label else data.labels[:n]
     params = {"num_images": n, "source": source, "source_official": data.official,
               "source_sha256": hashlib.sha256(data.images[:n].tobytes() + data.labels[:n].tobytes()).hexdigest()}
     kind = "rlrd" if random_label else source
@@ -173,13 +188,25 @@ def build_cifar100(cfg: DictConfig, seed: int) -> DatasetSpec:
     return _build_cifar(cfg, seed, "cifar100", random_label=False)
 
 
+def data_seed(data_cfg: DictConfig, seed: int) -> int:
+    """The seed that picks the dataset: ``data.seed``, or the master seed when it is null."""
+    value = data_cfg.get("seed")
+    return int(seed) if value is None else int(value)
+
+
 def dataset_id(data_cfg: DictConfig, seed: int) -> str:
-    """Folder name of a dataset: readable prefix plus a hash of every parameter that changes its bytes."""
+    """Folder name of a dataset: readable prefix plus a hash of every parameter that changes its bytes.
+
+    ``seed`` is the master seed; ``data.seed`` overrides it for the data.
+    """
     if data_cfg.get("id"):
         return str(data_cfg.id)
+    seed = data_seed(data_cfg, seed)
     keys = dict(OmegaConf.to_container(data_cfg, resolve=True))
-    for k in ("id", "shard_size", "verify_on_load", "root"):
+    for k in ("id", "shard_size", "verify_on_load", "root", "seed", "workers"):
         keys.pop(k, None)
+    if keys["label"] == "random":
+        keys["label_scheme"] = LABEL_SCHEME  # new label draws: new folder, never a stale one
     if keys["name"] != "rlgd":
         keys.pop("fractal", None)
     if keys["name"] != "rlrn":
@@ -192,7 +219,7 @@ def dataset_id(data_cfg: DictConfig, seed: int) -> str:
 
 
 def dataset_dir(cfg: DictConfig) -> Path:
-    """Folder of the dataset the config describes: ``<paths.data>/<dataset_id>``."""
+    """Folder of the dataset the config describes: ``<paths.data>/<dataset_id>`` (seed: ``data.seed`` or ``seed``)."""
     return Path(cfg.paths.data) / dataset_id(cfg.data, cfg.seed)
 
 
@@ -202,7 +229,7 @@ DEFAULT_NUM_IMAGES = {"rlrn": 50_000, "rlgd": 60_000}
 
 def dataset_seed(cfg: DictConfig) -> int:
     """The seed a dataset is generated from (the one place that says which config key holds it)."""
-    return int(cfg.seed)
+    return data_seed(cfg.data, cfg.seed)  # data.seed, or the search seed when null
 
 
 def expected_manifest(cfg: DictConfig) -> dict[str, Any]:

@@ -141,19 +141,30 @@ def load_split_to_device(folder: str | Path, device: torch.device | str = "cpu",
     return SplitData(images.to(device), labels.to(device), manifest)
 
 
-def search_loaders(data: SplitData, batch_size: int, seed: int, split: str, train_portion: float = 0.5,
-                   out_dtype: torch.dtype = torch.float32) -> tuple[DeviceLoader, DeviceLoader]:
-    """The weight-step and architecture-step loaders of a search (PROTOCOL section 1).
-
-    ``same_flipped`` (unreal data): both use the first ``train_portion`` of the split; the
-    weight step sees normalisation only, the architecture step the same images flipped.
-    ``other_half`` (real labels): the weight step gets crop+flip on the first part, the
-    architecture step the rest with normalisation only (the DARTS split).
-    """
-    n = len(data.labels)
+def weight_step_images(n: int, train_portion: float, num_train: int = 0) -> int:
+    """Images of the weight step: ``num_train`` (the paper's 25k for every dataset), or 0 = ``train_portion`` x n."""
+    if num_train:
+        if num_train > n:
+            raise ConfigError(f"search.num_train={num_train} exceeds the {n} images of the dataset; "
+                              f"lower it or set search.num_train=0 to use search.train_portion")
+        return int(num_train)
     n_train = int(np.floor(train_portion * n))
     if n_train < 1:
         raise ConfigError(f"search.train_portion={train_portion} leaves no training image of {n}")
+    return n_train
+
+
+def search_loaders(data: SplitData, batch_size: int, seed: int, split: str, train_portion: float = 0.5,
+                   out_dtype: torch.dtype = torch.float32, num_train: int = 0) -> tuple[DeviceLoader, DeviceLoader]:
+    """The weight-step and architecture-step loaders of a search (PROTOCOL section 1).
+
+    The weight step takes the first ``num_train`` images (0: the first ``train_portion``).
+    ``same_flipped`` (unreal data): the weight step sees normalisation only, the architecture
+    step the same images flipped. ``other_half`` (real labels): the weight step gets crop+flip,
+    the architecture step the rest of the split with normalisation only (the DARTS split).
+    """
+    n = len(data.labels)
+    n_train = weight_step_images(n, train_portion, num_train)
     norm = data.manifest.get("normalization")
     kw = dict(normalization=norm, seed=seed, out_dtype=out_dtype)
     if split == "same_flipped":
@@ -162,7 +173,8 @@ def search_loaders(data: SplitData, batch_size: int, seed: int, split: str, trai
                 DeviceLoader(x, y, batch_size, augment="flip_all", stream=1, **kw))
     if split == "other_half":
         if n_train >= n:
-            raise ConfigError("search.split=other_half needs search.train_portion < 1")
+            raise ConfigError("search.split=other_half needs images left for the architecture step: "
+                              "lower search.num_train (or search.train_portion when it is 0)")
         return (DeviceLoader(data.images[:n_train], data.labels[:n_train], batch_size, augment="crop_flip", stream=0, **kw),
                 DeviceLoader(data.images[n_train:], data.labels[n_train:], batch_size, augment="none", stream=1, **kw))
     raise ConfigError(f"unknown search split {split!r}; choose same_flipped or other_half")

@@ -4,24 +4,28 @@ Per edge, with p = softmax(alpha) and p~ the non-``none`` probabilities renormal
 edge importance = 1 - p(none); selection certainty = 1 - H(p~) / log(#non-none ops); selection
 stability = mean over the stored p~ of the last ``history_size`` epochs of the histogram
 intersection sum_k min(p~_k, p~'_k). Criterion 1 scores an edge norm(importance) x norm(certainty),
-criterion 2 also x norm(stability); norm is min-max over the undecided candidate edges
-(a constant vector -> 0).
+criterion 2 also x norm(stability).
 
-Schedule (0-based epoch index over the whole search run, weight-only warm-up epochs included, as
-in the reference where the run starts at epoch 0; the suite's 5 + 45 epochs give the reference's
-50 with decisions after epochs 9, 14, ..., 44): at the end of epoch ``warmup_dec_epoch`` and every
-``decision_freq`` epochs after it, each cell type with undecided edges fixes its best-scored
-edge to its argmax non-``none`` op (its alpha row is frozen from then on); when a node has 2 decided
-edges its other incoming edges are pruned. Each decision epoch grows the batch size by
-``batch_increase``. Total epochs = warmup + freq * (2 * nodes - 1) + post_train + 1 (50 for 9, 5, 5).
+What the reference (lightaime/sgas, cnn/train_search.py ``edge_decision`` and utils.normalize)
+does, and this module by default (``search.sgas.normalize_over: all``): norm is min-max over
+ALL 14 edges of the cell, decided and pruned ones included, without an epsilon, a constant
+vector giving zeros; the argmax is then taken over the undecided edges only. ``undecided``
+normalises over the undecided edges instead (this suite's earlier behaviour, kept as a knob;
+the two pick different edges in a large share of synthetic runs). Alphas train from epoch 0:
+the reference has no alpha warm-up (conf/search/sgas_*.yaml: warmup_epochs 0, 50 epochs).
 
-Choices (documented differences from the reference code):
-- min-max normalisation over the undecided candidates (PROTOCOL); the reference normalises over
-  all 14 edges with an epsilon (``normalize_over="all"`` reproduces the set, without the epsilon);
-- the history of p~ is recorded every epoch for both criteria (criterion 1 ignores it), after
-  the decision of that epoch, so a decision sees the p~ of the previous ``history_size`` epochs:
-  the same values the reference uses;
-- ties go to the lowest edge index (first maximum).
+Schedule (0-based epoch index over the whole search run, as in the reference): at the end of
+epoch ``warmup_dec_epoch`` and every ``decision_freq`` epochs after it, each cell type with
+undecided edges fixes its best-scored edge to its argmax non-``none`` op (its alpha row is
+frozen from then on); when a node has 2 decided edges its other incoming edges are pruned. Each
+decision epoch grows the batch size by ``batch_increase``. Total epochs = warmup_dec_epoch +
+freq * (2 * nodes - 1) + post_train + 1 (50 for 9, 5, 5): decisions after epochs 9, 14, ..., 44.
+
+Other choices:
+- the history of p~ is recorded every epoch for both criteria (criterion 1 ignores it; the
+  reference records it for criterion 2 only), after the decision of that epoch, so a decision
+  sees the p~ of the previous ``history_size`` epochs: the same values the reference uses;
+- ties go to the lowest edge index (first maximum), as torch.argmax in the reference.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, node_ed
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 
+NormalizeOver = Literal["all", "undecided"]
+"""Edges the min-max normalisation runs over: all (the reference) or the undecided ones."""
+NORMALIZE_OVER = ("all", "undecided")
 Criterion = Literal["c1", "c2", 1, 2]
 """SGAS criterion: 1 / "c1" (importance x certainty) or 2 / "c2" (also x stability)."""
 
@@ -107,12 +114,14 @@ def minmax_normalize(v: torch.Tensor, mask: torch.Tensor | None = None) -> torch
 
 def edge_scores(p: torch.Tensor, criterion: Criterion, history: Sequence[torch.Tensor] = (),
                 candidates: torch.Tensor | None = None, history_size: int = 4,
-                normalize_over: Literal["candidates", "all"] = "candidates") -> torch.Tensor:
+                normalize_over: NormalizeOver = "all") -> torch.Tensor:
     """SGAS score per edge (-inf for non-candidates); p: op probabilities (edges, ops)."""
     criterion = _criterion(criterion)
     if candidates is None:
         candidates = torch.ones(p.shape[0], dtype=torch.bool)
-    norm_mask = candidates if normalize_over == "candidates" else None
+    if normalize_over not in NORMALIZE_OVER:
+        raise ValueError(f"SGAS normalize_over must be 'all' or 'undecided', got {normalize_over!r}")
+    norm_mask = candidates if normalize_over == "undecided" else None
     score = minmax_normalize(edge_importance(p), norm_mask) * minmax_normalize(selection_certainty(p), norm_mask)
     if criterion == "c2":
         stability = selection_stability(history, non_none_probs(p), history_size)
@@ -220,7 +229,7 @@ def _prune_full_nodes(edge_ops: list[int], nodes: int) -> list[int]:
 
 def make_decision(state: SGASState, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
                   criterion: Criterion, epoch: int = -1,
-                  normalize_over: Literal["candidates", "all"] = "candidates") -> list[EdgeDecision]:
+                  normalize_over: NormalizeOver = "all") -> list[EdgeDecision]:
     """Fix the best undecided edge of each cell type (that has one) and prune full nodes.
 
     Uses the stored history (the previous epochs' p~) for criterion 2; counts one decision
@@ -265,7 +274,7 @@ def apply_to_supernet(state: SGASState, supernet: SuperNet) -> None:
 
 def end_of_epoch(state: SGASState, epoch: int, supernet: SuperNet, criterion: Criterion,
                  warmup_dec_epoch: int = 9, decision_freq: int = 5,
-                 normalize_over: Literal["candidates", "all"] = "candidates") -> list[EdgeDecision]:
+                 normalize_over: NormalizeOver = "all") -> list[EdgeDecision]:
     """The SGAS work at the end of (0-based) ``epoch``: decide if it is a decision epoch, record the
     history, update the supernet. Returns the decisions made (empty if none)."""
     made: list[EdgeDecision] = []

@@ -40,7 +40,7 @@ METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGA
 DATA_ORDER = ("rlrd", "rlgd", "rlrn", "cifar10", "cifar100")
 TARGET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "chexpert": "CheXpert",
                 "search": "search"}
-METRIC_NAMES = {"top1_err": "top-1 err (%)", "top5_err": "top-5 err (%)", "auroc": "AUROC (%)",
+METRIC_NAMES = {"top1_err": "top-1 err (%)", "top5_err": "top-5 err (%)", "auroc": "AUROC (%, per study, last epoch)",
                 "val_acc": "val acc (%)"}
 
 

@@ -433,7 +433,7 @@ def _run_pack(todo: Sequence[tuple[DictConfig, Path]], say: Callable[[str], None
     for r in runs:
         _trim_metrics(r.run_dir / "metrics.jsonl", r.epoch)
         write_bytes_atomic(r.run_dir / "config.yaml", to_yaml(r.cfg).encode())
-        write_json_atomic(r.run_dir / "provenance.json", provenance())
+        write_json_atomic(r.run_dir / "provenance.json", provenance(r.precision))
     say(f"packing {len(runs)} seeds {[int(r.cfg.seed) for r in runs]} into one network")
     PackedSearch(runs).run()
     for r in runs:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.compose import to_yaml
-from unrealnas.data.generators import check_manifest, dataset_dir, generate_dataset
+from unrealnas.data.generators import check_manifest, data_seed, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import MANIFEST, load_manifest
 from unrealnas.errors import NonFiniteError
@@ -38,7 +38,15 @@ from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.observe import RunBoard, bar
-from unrealnas.runtime import autocast_for, provenance, resolve_device, use_channels_last
+from unrealnas.runtime import (
+    allow_tf32,
+    autocast_for,
+    precision_name,
+    provenance,
+    resolve_device,
+    search_autocast_dtype,
+    use_channels_last,
+)
 from unrealnas.search.random import is_sampled, run_sampled, sampled_run_id
 
 CHECKPOINT = "checkpoint.pt"
@@ -47,7 +55,7 @@ FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 
 
 def search_run_id(cfg: DictConfig) -> str:
-    """Run id: method, dataset, classes, seed, plus a hash of every setting that changes the result."""
+    """Run id: method, dataset, classes, search seed (and data seed when it differs), plus a hash of the settings."""
     if is_sampled(cfg.search.method):
         return sampled_run_id(cfg)
     s = OmegaConf.to_container(cfg.search, resolve=True)
@@ -57,7 +65,9 @@ def search_run_id(cfg: DictConfig) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
     classes = f"-c{d.num_classes}" if d.label == "random" else ""
-    return f"{cfg.search.method}-{d.name}{classes}-s{cfg.seed}-{digest}"
+    dseed = data_seed(d, cfg.seed)
+    data_part = f"-d{dseed}" if dseed != int(cfg.seed) else ""
+    return f"{cfg.search.method}-{d.name}{classes}{data_part}-s{cfg.seed}-{digest}"
 
 
 def search_run_dir(cfg: DictConfig) -> Path:
@@ -120,6 +130,9 @@ class SearchRun:
         self.device = resolve_device(cfg.device)
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        if search_autocast_dtype(self.device, s.amp) is None:
+            allow_tf32(self.device)  # fp32 search (the default): TF32 tensor cores on CUDA
+        self.precision = precision_name(self.device, search_autocast_dtype(self.device, s.amp))
         data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
         if s.resolution and s.resolution != data.images.shape[-1]:
             data.images = resize_images(data.images, s.resolution)
@@ -129,7 +142,8 @@ class SearchRun:
         wd = s.weight_decay if s.weight_decay is not None else (0.0 if self.random_labels else 3e-4)
         arch_wd = s.arch_weight_decay if s.arch_weight_decay is not None else (0.0 if self.random_labels else 1e-3)
         self.total_epochs = s.warmup_epochs + s.epochs
-        self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion)
+        self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion,
+                                                         num_train=s.num_train)
         self.val = ValStream(val_loader)
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
         self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
@@ -257,7 +271,7 @@ class SearchRun:
         decisions = []
         if self.sgas is not None:
             made = end_of_epoch(self.sgas, epoch, self.model, s.sgas.criterion, s.sgas.warmup_dec_epoch,
-                                s.sgas.decision_freq)
+                                s.sgas.decision_freq, s.sgas.normalize_over)
             decisions = [d.__dict__ for d in made]
             self.train_loader.set_batch_size(self.sgas.batch_size)
             self.val.set_batch_size(self.sgas.batch_size)
@@ -391,7 +405,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, folder: Path, say: Callable[[str
         say(f"{run_dir}: resuming at epoch {run.epoch} batch {run.batch}")
     _trim_metrics(run_dir / "metrics.jsonl", run.epoch)
     write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
-    write_json_atomic(run_dir / "provenance.json", provenance())
+    write_json_atomic(run_dir / "provenance.json", provenance(run.precision))
     try:
         run.run()
     except NonFiniteError as e:
@@ -423,7 +437,7 @@ def finish(run: SearchRun, started: float) -> None:
     result = {
         "kind": "search", "status": "completed", "method": cfg.search.method, "search_data": cfg.data.name,
         "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
-        "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
+        "data_seed": int(run.manifest["seed"]), "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
         "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
                     "skip_normal": skip_normal, "skip_reduce": skip_reduce,
                     "alpha_entropy_start": run.alpha_entropy_start,
@@ -433,7 +447,7 @@ def finish(run: SearchRun, started: float) -> None:
         "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
                    "reduce": run.model.alpha_reduce.detach().cpu().tolist()},
-        "hparams": run.hparams, "device": str(run.device),
+        "hparams": run.hparams, "device": str(run.device), "precision": run.precision,
     }
     if run.sgas is not None:
         result["sgas"] = run.sgas.state_dict()

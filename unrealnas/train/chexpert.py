@@ -5,7 +5,9 @@
 1 (positive), 0 (negative), -1 (uncertain) or empty (unmentioned). The 5 evaluated pathologies
 are learned as 5 sigmoid outputs. Unmentioned counts as negative; uncertain follows
 ``train.uncertainty``: ``u_ones`` (positive), ``u_zeros`` (negative) or ``ignore`` (masked
-out of the loss and of the AUROC). Paths in the CSV start with the dataset folder's name
+out of the loss and of the AUROC). The reported AUROC is per study, as the CheXpert benchmark:
+a study's score is the max probability over its views (``auroc``; ``auroc_image`` per image
+beside it). Paths in the CSV start with the dataset folder's name
 (``CheXpert-v1.0-small/train/...``), so they are resolved against the root's parent, or
 against the root itself when that exists.
 """
@@ -78,6 +80,12 @@ def read_chexpert_csv(path: str | Path, policy: str, frontal_only: bool = False)
     return paths, np.asarray(labels, dtype=np.float32)
 
 
+def study_ids(paths: list[str]) -> np.ndarray:
+    """Study index of every CSV Path (``.../patientP/studyS/viewV.jpg``: the folder above the image)."""
+    _, inverse = np.unique([str(Path(p).parent) for p in paths], return_inverse=True)
+    return inverse.astype(np.int64)
+
+
 def resolve_image(root: Path, rel: str) -> Path:
     """The file of a CSV Path: under the root's parent (official layout) or under the root."""
     for base in (root.parent, root):
@@ -136,6 +144,7 @@ class CheXpertTarget(SampledTarget):
             self.train_ds = Subset(self.train_ds, list(range(spec.max_images)))
         if spec.max_eval_images is not None and spec.max_eval_images < len(vp):
             self.val_ds = Subset(self.val_ds, list(range(spec.max_eval_images)))
+        self.eval_groups = study_ids(vp)[: len(self.val_ds)]
         self.num_classes = len(PATHOLOGIES)
         self.input_size = spec.resolution
         self._setup_sampler()

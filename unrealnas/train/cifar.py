@@ -63,6 +63,7 @@ class CifarTarget(Target):
         self.name = name
         self.spec = spec
         train, test, (mean, std) = self.read_splits(spec, name)
+        self.files_official = bool(train.official and test.official)
         if len(train.labels) == 0 or len(test.labels) == 0:
             raise DataError(f"{name}: the train or test split under {spec.root} holds no images")
         tx, ty = train.images, train.labels

@@ -1,6 +1,6 @@
 """ImageNet from an ImageFolder tree (``<root>/train/<class>/*.JPEG``, ``<root>/val/<class>/*.JPEG``).
 
-Training: RandomResizedCrop(resolution), horizontal flip, normalise; validation: resize to
+Training: RandomResizedCrop(resolution), horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.2) (DARTS), normalise; validation: resize to
 resolution * 256/224 then centre crop. A DistributedSampler seeded with the master seed and
 ``set_epoch(epoch)`` gives every rank its share of the same (seed, epoch) permutation; the
 loader's worker seeds come from a generator seeded by (seed, epoch, rank), so the augmentation
@@ -13,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from unrealnas.errors import DataError
+from unrealnas.train.color_jitter import imagenet_color_jitter
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -41,6 +43,14 @@ def first_n(ds: Dataset, n: int | None, seed: int) -> Dataset:
         return ds
     g = torch.Generator().manual_seed(derive_seed(seed, "subset"))
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+
+
+def train_transform(resolution: int):
+    """The ImageNet training transform of DARTS' train_imagenet.py: crop, flip, colour jitter, normalise."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.RandomResizedCrop(resolution), T.RandomHorizontalFlip(), imagenet_color_jitter(),
+                      T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class SampledTarget(Target):
@@ -79,6 +89,11 @@ class SampledTarget(Target):
         for x, y in self._loader(self.train_ds, self.sampler, g):
             yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
 
+    def eval_indices(self) -> np.ndarray:
+        """This rank's validation positions (rank-strided), in eval_batches order."""
+        env = self.spec.env
+        return np.arange(env.rank, self.num_eval, env.world_size)
+
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's disjoint share of the validation images."""
         env = self.spec.env
@@ -103,7 +118,7 @@ class ImageFolderTarget(SampledTarget):
         self.spec = spec
         r = spec.resolution
         norm = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        train_tf = T.Compose([T.RandomResizedCrop(r), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+        train_tf = train_transform(r)
         val_tf = T.Compose([T.Resize(round(r * 256 / 224)), T.CenterCrop(r), T.ToTensor(), norm])
         train = load_image_folder(root / "train", train_tf)
         val = load_image_folder(root / "val", val_tf)

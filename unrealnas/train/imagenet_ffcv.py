@@ -1,5 +1,6 @@
 """ImageNet through FFCV: an ImageFolder tree is written once to ``.beton`` files, then read by
-FFCV loaders (JPEG decode + RandomResizedCrop + flip fused in FFCV's JIT pipeline).
+FFCV loaders (JPEG decode + RandomResizedCrop + flip fused in FFCV's JIT pipeline), then
+ColorJitter(0.4, 0.4, 0.4, 0.2) per image on the device (FFCV has no hue jitter), as the torchvision path.
 
 The ``.beton`` files live in ``<train.root>/ffcv/`` (``train_<maxres>.beton``, ``val_<maxres>.beton``)
 beside a JSON sidecar with their size; they are written atomically by rank 0 while the others
@@ -17,9 +18,10 @@ from pathlib import Path
 import torch
 
 from unrealnas import dist
-from unrealnas.data.ffcv_store import _require_ffcv
+from unrealnas.data.ffcv_store import _require_ffcv, check_beton, remove_stale_temps, supervised_writer
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, write_json_atomic
+from unrealnas.io import atomic_path, sha256_file, write_json_atomic
+from unrealnas.train.color_jitter import imagenet_color_jitter, jitter_batch
 from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
@@ -38,10 +40,11 @@ def write_imagefolder_beton(folder: Path, out: Path, max_resolution: int, num_wo
         raise DataError(f"ImageFolder {folder} holds no images; train.root must hold train/ and val/ class folders")
     fields = {"image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=90),
               "label": IntField()}
-    with atomic_path(out) as tmp:
+    remove_stale_temps(out)
+    with atomic_path(out) as tmp, supervised_writer(out):
         DatasetWriter(str(tmp), fields, num_workers=max(1, num_workers)).from_indexed_dataset(ds)
     write_json_atomic(meta, {"source": str(folder), "bytes": out.stat().st_size, "num_images": len(ds),
-                             "classes": ds.classes, "max_resolution": max_resolution})
+                             "classes": ds.classes, "max_resolution": max_resolution, "sha256": sha256_file(out)})
     return out
 
 
@@ -72,6 +75,8 @@ class FFCVImageNetTarget(Target):
                 write_imagefolder_beton(root / split, path, spec.ffcv_max_resolution, spec.num_workers)
         dist.barrier()  # the other ranks wait for rank 0's files
         metas = {s: json.loads(p.with_suffix(".beton.json").read_text()) for s, p in self.paths.items()}
+        for split, path in self.paths.items():
+            check_beton(path, metas[split].get("sha256"))
         if metas["train"]["classes"] != metas["val"]["classes"]:
             raise DataError(f"imagenet: {root}/train and {root}/val have different class folders")
         self.num_classes = len(metas["train"]["classes"])
@@ -85,6 +90,7 @@ class FFCVImageNetTarget(Target):
         dev = spec.device
         self.mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255
+        self._jitter = imagenet_color_jitter()
         self._train = self._make_loader("train")
         self._val = None
 
@@ -118,7 +124,7 @@ class FFCVImageNetTarget(Target):
         """This rank's batches of ``epoch`` (FFCV's order for (seed, epoch))."""
         self._train.next_epoch = epoch  # FFCV derives the permutation from seed + epoch
         for x, y in self._train:
-            yield self._normalise(x), y.long()
+            yield self._normalise(jitter_batch(x, self._jitter)), y.long()
 
     def eval_batches(self) -> Iterator[Batch]:
         """This rank's disjoint share of the validation images (rank-strided over batches)."""

@@ -31,7 +31,7 @@ from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
 from unrealnas.observe import RunBoard, bar
-from unrealnas.train.metrics import auroc_metrics, topk_correct
+from unrealnas.train.metrics import chexpert_metrics, topk_correct
 from unrealnas.train.target import Target, derive_seed
 
 METRICS_FILE = "metrics.jsonl"
@@ -170,10 +170,15 @@ def evaluate(model: nn.Module, target: Target, device: torch.device, opts: LoopO
             labels.append(y.cpu())
         s = torch.cat(scores) if scores else torch.zeros(0, target.num_classes)
         lab = torch.cat(labels) if labels else torch.zeros(0, target.num_classes)
-        parts = dist.all_gather_objects((s.numpy(), lab.numpy()))
+        idx = target.eval_indices()
+        idx = np.asarray(idx if idx is not None else np.arange(len(s)))[: len(s)]
+        parts = dist.all_gather_objects((s.numpy(), lab.numpy(), idx))
         all_s = np.concatenate([p[0] for p in parts])
         all_y = np.concatenate([p[1] for p in parts])
-        return auroc_metrics(all_s, all_y, target.label_names)
+        groups = None
+        if target.eval_groups is not None:
+            groups = np.asarray(target.eval_groups)[np.concatenate([p[2] for p in parts])]
+        return chexpert_metrics(all_s, all_y, target.label_names, groups)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1, top5, loss, n
     for x, y in target.eval_batches():
         if opts.channels_last:

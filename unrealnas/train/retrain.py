@@ -36,8 +36,10 @@ from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
+from unrealnas.runtime import precision_name
 from unrealnas.train.graphed import use_train_cuda_graph
 from unrealnas.train.loop import FitResult, LoopOptions, fit
+from unrealnas.train.metrics import best_on_valid
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
 
 RESULT_FILE = "result.json"
@@ -189,8 +191,11 @@ def loop_options(cfg: DictConfig, device: torch.device, target: Target, env: dis
 def load_pretrained(model: torch.nn.Module, path: str, fingerprint: dict[str, Any]) -> None:
     """Initialise from another retrain of the same genotype and network (classifiers dropped)."""
     state = load_checkpoint(path, fingerprint, keys=("genotype", "net", "layers", "init_channels"))
+    has_aux = any(k.startswith("auxiliary_head.") for k in model.state_dict())
+    # the auxiliary head only helps training: an ImageNet one is dropped when this net has none (CheXpert)
     weights = {k: v for k, v in state["model"].items()
-               if not (k.startswith("classifier.") or k.startswith("auxiliary_head.classifier."))}
+               if not (k.startswith("classifier.") or k.startswith("auxiliary_head.classifier.")
+                       or (not has_aux and k.startswith("auxiliary_head.")))}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     bad = [k for k in missing if not (k.startswith("classifier.") or k.startswith("auxiliary_head."))]
     if bad or unexpected:
@@ -259,7 +264,13 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
     result_path = run_dir / RESULT_FILE
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    target = build_target(str(cfg.train.target), target_spec(cfg, device, env))
+    spec = target_spec(cfg, device, env)
+    target = build_target(str(cfg.train.target), spec)
+    files = {} if target.files_official is None else {"data_files_official": target.files_official}
+    if target.files_official is False:
+        say(f"warning: the {cfg.train.target} files under {spec.root} do not match the "
+            f"official md5s (a re-pack or another version); results may not be comparable (result.json: "
+            f"data_files_official=false)")
     fingerprint = fingerprint_of(cfg, source.genotype, target.num_classes)
     ckpt_path = run_dir / CHECKPOINT_FILE
     # Check an existing checkpoint before writing anything, so a mismatch leaves the run untouched.
@@ -282,22 +293,34 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
         f"on {device}, lr {opts.lr:g} at global batch {target.per_rank_batch * env.world_size}")
     rid = run_dir.name
     hosts = [str(h) for h in dist.all_gather_objects(socket.gethostname())]  # per rank, in rank order
+    precision = precision_name(device, opts.amp)
     try:
         out: FitResult = fit(model, target, opts, run_dir, device, env, fingerprint, resume, say, stop_after)
     except Exception as e:
         if env.is_main:
             write_json_atomic(result_path, _result(cfg, source, "failed", rid, error=f"{type(e).__name__}: {e}",
                                                    params_m=params_m, flops_m=flops_m, world_size=env.world_size,
-                                                   hosts=hosts))
+                                                   hosts=hosts, precision=precision, **files))
         raise
     if out.completed and env.is_main:
         hours = out.wall_s * env.world_size / 3600.0
         hours_key = "gpu_hours" if device.type == "cuda" else "cpu_hours"
         metrics = {k: v for k, v in out.metrics.items() if k != "val_loss"}
+        notes = {}
+        if target.multilabel:
+            best_epoch, best = best_on_valid(out.history)
+            level = "per study (max probability over a study's views)" if target.eval_groups is not None else "per image"
+            metrics.update(auroc_last=metrics.get("auroc"), auroc_best_valid=best, best_valid_epoch=best_epoch)
+            notes = {"metric_notes": {
+                "auroc": f"mean AUROC of the {len(target.label_names)} pathologies, {level}, last epoch (reported)",
+                "auroc_last": "the same as auroc", "auroc_image": "mean AUROC per image, last epoch",
+                "auroc_best_valid": "best auroc over the evaluated epochs (epoch best_valid_epoch), chosen on the "
+                                    "validation split itself"}}
         write_json_atomic(result_path, _result(
             cfg, source, "completed", rid, metrics=metrics, params_m=params_m, flops_m=flops_m,
             wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, hosts=hosts, epochs=opts.epochs,
             lr=opts.lr, global_batch=target.per_rank_batch * env.world_size, finished_at=time.time(),
+            precision=precision, **files, **notes,
         ))
         say(f"done: {metrics}")
     dist.barrier()

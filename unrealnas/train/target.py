@@ -62,6 +62,12 @@ class Target:
     num_train: int = 0
     num_eval: int = 0
     per_rank_batch: int = 0
+    files_official: bool | None = None  # CIFAR: every file matched its official md5 (None: not checked)
+    eval_groups: Any = None  # CheXpert: study id of every evaluation image (dataset order), or None
+
+    def eval_indices(self) -> Any:
+        """Dataset positions of this rank's evaluation images, in eval_batches order (None: not tracked)."""
+        return None
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """This rank's training batches of ``epoch``."""
