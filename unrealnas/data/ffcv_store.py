@@ -75,14 +75,18 @@ def supervised_writer(out: Path, poll_s: float = 0.2) -> Iterator[None]:
     before = set(multiprocessing.active_children())
     failed: list[int] = []
     stop = threading.Event()
+    # Every process started inside the block, recorded at start: a worker that dies before the
+    # first poll is already gone from active_children(), so polling that alone can miss it.
+    started: list[multiprocessing.process.BaseProcess] = []
+    real_start = multiprocessing.process.BaseProcess.start
+
+    def recording_start(self: multiprocessing.process.BaseProcess) -> None:
+        real_start(self)
+        started.append(self)
 
     def watch() -> None:
-        seen: dict[int, multiprocessing.Process] = {}
         while not stop.wait(poll_s):
-            for p in multiprocessing.active_children():
-                if p not in before:
-                    seen.setdefault(p.pid, p)
-            bad = [p.exitcode for p in seen.values() if p.exitcode not in (None, 0)]
+            bad = [p.exitcode for p in list(started) if p.exitcode not in (None, 0)]
             if bad:
                 failed.extend(bad)
                 signal.pthread_kill(main, signal.SIGUSR1)
@@ -94,6 +98,7 @@ def supervised_writer(out: Path, poll_s: float = 0.2) -> Iterator[None]:
     main = threading.main_thread().ident
     is_main = threading.current_thread() is threading.main_thread()
     old = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGUSR1)} if is_main else {}
+    multiprocessing.process.BaseProcess.start = recording_start
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
@@ -104,6 +109,7 @@ def supervised_writer(out: Path, poll_s: float = 0.2) -> Iterator[None]:
                             f"see the traceback above; no partial file was kept") from e
         raise
     finally:
+        multiprocessing.process.BaseProcess.start = real_start
         stop.set()
         watcher.join()
         for p in set(multiprocessing.active_children()) - before:
