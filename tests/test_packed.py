@@ -56,6 +56,52 @@ def test_packed_net_matches_each_supernet():
             torch.testing.assert_close(grads[-2 + i][s], ref_grads[-2 + i], rtol=1e-4, atol=1e-7)
 
 
+def test_fused_packed_net_equals_per_edge_packed_net_in_train_and_eval():
+    """The fused packed cells (seed axis in the edge blocks) compute the per-edge packed network's math:
+    logits and every gradient, the BN running statistics a training forward writes, eval-mode logits."""
+    nets = []
+    for s in range(2):
+        torch.manual_seed(10 + s)
+        nets.append(SuperNet(2, 10, 3, alpha_init="randn"))
+    fused, ref = PackedSuperNet(nets), PackedSuperNet(nets, fused=False)
+    assert fused.fused and not ref.fused
+    x = torch.randn(4, 6, 9, 9)  # odd side: FactorizedReduce pads
+    w = tuple(torch.softmax(torch.randn(2, 14, 8), -1).requires_grad_() for _ in range(2))
+    w[0].data[1, 3] = torch.nn.functional.one_hot(torch.tensor(2), 8).float()  # a decided edge's row
+    outs, grads = [], []
+    for net in (fused, ref):
+        out = net(x, w)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.square().sum(), [*net.parameters(), *w]))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-6)
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    ref_buffers = dict(ref.named_buffers())
+    for name, b in fused.named_buffers():
+        torch.testing.assert_close(b, ref_buffers[name], rtol=1e-5, atol=1e-6, msg=name)
+    fused.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x, w), ref(x, w), rtol=1e-4, atol=1e-6)
+
+
+def test_packed_five_seeds_on_paper_supernet_dispatch_at_most_1_2x_one_fused_single():
+    """Paper supernet (8 cells, 16 channels): a first-order packed S=5 iteration <= 7,500 ops, 1.2x fused S=1."""
+    from unrealnas.benchmarks.opcount import count_ops
+    from unrealnas.benchmarks.packed import packed_iteration
+    from unrealnas.benchmarks.search import build_search_bench, search_iteration
+
+    cfg = compose_config(["preset=paper", "device=cpu"])
+    device = torch.device("cpu")
+    step, pack = packed_iteration(cfg, 5, device, 2)
+    assert pack.net.fused and len(pack.net.cells) == 8 and pack.net.cell_channels[0] == 16
+    step()  # lazy state (plans, index tensors, momentum buffers)
+    packed = count_ops(step).total
+    b = build_search_bench(cfg.search, int(cfg.data.num_classes), 3, 32, device, "baseline", seed=0, batch_size=2)
+    search_iteration(b, device)
+    single = count_ops(lambda: search_iteration(b, device)).total
+    assert b.model.fused and packed <= 7_500 and packed <= 1.2 * single, (packed, single)
+
+
 @pytest.mark.parametrize("method", ["darts", "sgas_c2"])
 def test_packed_equals_single_runs(tmp_path, method):
     """seeds=[0,1] writes the run dirs of seed=0 and seed=1 with the same alphas, genotypes and metrics."""
@@ -172,6 +218,7 @@ def test_bench_rows_five_packed_seeds_dispatch_about_the_ops_of_one():
     rows = packed_rows(cfg, torch.device("cpu"), [1, 5], steps=1, warmup=2, batch_size=2)
     assert [(r["engine"], r["seeds"]) for r in rows] == [("single", 1), ("packed", 1), ("packed", 5)]
     assert rows[2]["ops_per_iter"] <= 1.2 * rows[1]["ops_per_iter"]
+    assert rows[2]["ops_per_iter"] <= 1.2 * rows[0]["ops_per_iter"]  # five packed seeds: the ops of one fused single
     assert all(r["kernel_ops"] < r["ops_per_iter"] and r["images_per_s"] > 0 for r in rows)
 
 

@@ -31,6 +31,14 @@ forward (``BatchNormStats``). The op weights enter only through the matmul's coe
 linear map of softmax(alpha) per cell type (``CellPlan.coefficients``). SGAS-decided edges run their
 one op alone (weight 1) and pruned edges not at all, as in the per-edge cell; with explicit
 ``op_weights`` every edge is fused, with no branching on decisions.
+
+Packed seeds (``unrealnas.search.packed_net``, ``seeds`` = S > 1) run this same computation with the
+seed axis folded into every channel block: a block of C channels becomes S*C, seed-major (``[edge,
+seed, C]`` in a group's stack), so the depthwise convs are unchanged, the pointwise and
+FactorizedReduce convs get S times the groups (a packed conv's weight is already seed-major), one BN
+still covers the stack, and the weighted op sum is one batched matmul over seeds, (S, slots, rows) @
+(S, rows, N*C*H*W), each seed with its own op weights. Only the FactorizedReduce halves and a cell's
+node concat are reordered per seed (``cat_per_seed``). Every edge is fused (decisions are op-weight rows).
 """
 
 from __future__ import annotations
@@ -75,16 +83,21 @@ class BatchNormStats:
         self.counts: list[tuple[int, int]] = []  # (channels, values per channel) per normalize call
         self.sizes: list[int] = []  # channels per block
 
-    def normalize(self, x: torch.Tensor, blocks: Sequence[Sequence[nn.BatchNorm2d]]) -> torch.Tensor:
-        """BN of ``x`` (N, channels, H, W); the k-th channel block belongs to the modules ``blocks[k]``."""
+    def normalize(self, x: torch.Tensor, blocks: Sequence[Sequence[nn.BatchNorm2d]],
+                  affine: nn.BatchNorm2d | None = None) -> torch.Tensor:
+        """BN of ``x`` (N, channels, H, W); the k-th channel block belongs to the modules ``blocks[k]``.
+
+        ``affine``: the one (affine) module of all of ``x``, whose weight and bias scale the output.
+        """
         eps = blocks[0][0].eps
+        weight, bias = (affine.weight, affine.bias) if affine is not None else (None, None)
         if not self.training:
             if any(len(b) != 1 for b in blocks):
                 raise ValueError("eval-mode BN needs one module per channel block (its own running statistics)")
             mean = torch.cat([b[0].running_mean for b in blocks])
             var = torch.cat([b[0].running_var for b in blocks])
-            return F.batch_norm(x, mean, var, None, None, False, 0.0, eps)
-        out, mean, invstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+            return F.batch_norm(x, mean, var, weight, bias, False, 0.0, eps)
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
         self.blocks.extend(blocks)
         self.sizes += [x.shape[1] // len(blocks)] * len(blocks)
         self.means.append(mean)
@@ -181,20 +194,23 @@ class Group:
             rows += [((k,), op) for op in (MAX, AVG) for k in E]
         return rows + ([((k,), SKIP) for k in E] if self.stride == 2 else [])
 
-    def idx(self, name: str, C: int, device: torch.device) -> torch.Tensor:
-        """Channel indices into the stacked sources (C channels each): ``rep`` (conv input per edge
-        and conv chain), ``pool`` (max then avg pool per edge), ``fr`` (even then odd pixels per edge)."""
-        key = (name, C, device)
+    def idx(self, name: str, C: int, device: torch.device, seeds: int = 1) -> torch.Tensor:
+        """Channel indices into the stacked sources (``seeds`` x C channels each, seed-major): ``rep``
+        (conv input per edge and conv chain), ``pool`` (max then avg pool per edge), ``fr`` (per edge,
+        per seed: even then odd pixels, the order of a packed FactorizedReduce's output)."""
+        key = (name, C, device, seeds)
         t = self.index.get(key)
         if t is None:
-            S = len(self.sources)
-            if name == "rep":
-                blocks = [p for p in self.src_pos for _ in range(2)]
-            elif name == "pool":
-                blocks = [k * S + p for k in range(2) for p in self.src_pos]
+            n = len(self.sources)
+            if name == "fr":
+                vals = [(k * n + p) * seeds * C + s * C + c for p in self.src_pos for s in range(seeds)
+                        for k in range(2) for c in range(C)]
             else:
-                blocks = [k * S + p for p in self.src_pos for k in range(2)]
-            vals = [b * C + c for b in blocks for c in range(C)]
+                if name == "rep":
+                    blocks = [p for p in self.src_pos for _ in range(2)]
+                else:
+                    blocks = [k * n + p for k in range(2) for p in self.src_pos]
+                vals = [b * seeds * C + c for b in blocks for c in range(seeds * C)]
             t = self.index[key] = torch.tensor(vals, dtype=torch.long, device=device)
         return t
 
@@ -219,14 +235,18 @@ class CellPlan:
         return [e for g in self.groups for e in g.edges]
 
     def coefficients(self, w: torch.Tensor, training: bool) -> list[torch.Tensor]:
-        """Per group its (slots, rows [+ sources]) weights of ``z`` [and the identity skips], from w (edges, ops)."""
+        """Per group its (slots, rows [+ sources]) weights of ``z`` [and the identity skips], from w (edges, ops);
+        from packed seeds' w (S, edges, ops) one (S, slots, rows [+ sources]) block per group."""
         key = (w.device, w.dtype, training)
         gmap = self.maps.get(key)
         if gmap is None:
-            gmap = torch.zeros(sum(self.coef_sizes[training]), w.shape[0] * w.shape[1], dtype=w.dtype)
+            gmap = torch.zeros(sum(self.coef_sizes[training]), w.shape[-2] * w.shape[-1], dtype=w.dtype)
             for r, c in self.coef_index[training]:
                 gmap[r, c] = 1.0
             gmap = self.maps[key] = gmap.to(w.device)
+        if w.dim() == 3:  # packed seeds: one weight map application per seed, as one matmul
+            flat = torch.mm(w.reshape(w.shape[0], -1), gmap.t()).split(self.coef_sizes[training], dim=1)
+            return [f.reshape(w.shape[0], self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
         flat = torch.mv(gmap, w.reshape(-1)).split(self.coef_sizes[training])
         return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
 
@@ -312,12 +332,15 @@ class CellModules:
     single: list[tuple[int, int, nn.Module]]  # (node, source state, op module) of decided edges
 
 
-def cell_modules(cell: nn.Module, plan: CellPlan) -> CellModules:
-    """The modules of ``cell`` that ``plan`` fuses, cached on the plan (module lookups cost Python time)."""
+def cell_modules(cell: nn.Module, plan: CellPlan, seeds: int = 1) -> CellModules:
+    """The modules of ``cell`` that ``plan`` fuses, cached on the plan (module lookups cost Python time).
+
+    ``seeds``: the cell's modules are packed seeds' (``unrealnas.search.packed_net``), S*C channels each.
+    """
     cm = plan.modules.get(cell)
     if cm is not None:
         return cm
-    C = cell.C
+    C = cell.C * seeds  # channels per edge block
     per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
     kinds = (lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1]),
              lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1]),
@@ -352,12 +375,13 @@ def cell_modules(cell: nn.Module, plan: CellPlan) -> CellModules:
     return cm
 
 
-def cell_weights(cm: CellModules, C: int) -> dict[str, tuple[torch.Tensor, ...]]:
+def cell_weights(cm: CellModules, C: int, seeds: int = 1) -> dict[str, tuple[torch.Tensor, ...]]:
     """Per-group kernel weights stacked from the per-edge parameters (read now, so functional calls work).
 
     Depthwise: one 5x5 tensor for all of the cell, 3x3 kernels zero-padded; each group's ``dw1``,
     ``dw2``, ``dwd`` is ``[e, (sep3 | sep5) or (dil3 | dil5), C]``. Pointwise: ``pw1`` is
-    ``[e, (sep3 | sep5)]``, ``pw2`` is ``[e, (sep3 | sep5)]`` then ``[e, (dil3 | dil5)]``.
+    ``[e, (sep3 | sep5)]``, ``pw2`` is ``[e, (sep3 | sep5)]`` then ``[e, (dil3 | dil5)]``. ``C`` is the
+    channels of one seed; with packed seeds each block above is seed-major (a packed conv's weight).
     """
     small = F.pad(_StackParams.apply(*[m.weight for m in cm.dw_small]), (1, 1, 1, 1))
     dw = torch.stack([small, _StackParams.apply(*[m.weight for m in cm.dw_large])], 1).view(-1, 1, 5, 5)
@@ -367,7 +391,10 @@ def cell_weights(cm: CellModules, C: int) -> dict[str, tuple[torch.Tensor, ...]]
     chunks = _StackParams.apply(*[m.weight for m in cm.pw]).view(-1, C, 1, 1).split(cm.pw_sizes)
     out["pw1"], out["pw2"] = chunks[0::2], chunks[1::2]
     if cm.fr:  # only the first group of a reduction cell; its skips are FactorizedReduce
-        out["fr"] = (_StackParams.apply(*[m.weight for m in cm.fr]).view(-1, C, 1, 1),)
+        fr = _StackParams.apply(*[m.weight for m in cm.fr])  # [e, parity, seed, C/2 out]
+        if seeds > 1:  # to [e, seed, parity]: the output order of a packed FactorizedReduce
+            fr = fr.view(-1, 2, seeds, fr.shape[1] // seeds, C).transpose(1, 2)
+        out["fr"] = (fr.reshape(-1, C, 1, 1),)
     return out
 
 
@@ -375,30 +402,40 @@ def cell_weights(cm: CellModules, C: int) -> dict[str, tuple[torch.Tensor, ...]]
 
 
 def _group_forward(C: int, g: Group, gm: _GroupModules, k: int, x: torch.Tensor,
-                   weights: dict[str, tuple[torch.Tensor, ...]], coef: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
-    """Contributions (N, slots, C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1."""
+                   weights: dict[str, tuple[torch.Tensor, ...]], coef: torch.Tensor, bn: BatchNormStats,
+                   seeds: int = 1) -> torch.Tensor:
+    """Contributions (N, slots, S*C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1.
+
+    ``C`` is one seed's channels; with S packed ``seeds`` every channel block is S*C (seed-major), the
+    pointwise convs get S times the groups and ``coef`` is (S, slots, rows): one weighted sum per seed.
+    """
     N = x.shape[0]
-    E, st = len(g.edges), g.stride
+    E, st, S = len(g.edges), g.stride, seeds
     dev = x.device
     xr = gm.act1(x)
-    rep = xr.index_select(1, g.idx("rep", C, dev))  # [e, 2 chains, C]
-    d1 = F.conv2d(rep, weights["dw1"][k], stride=st, padding=2, groups=2 * E * C)
-    dd = F.conv2d(rep, weights["dwd"][k], stride=st, padding=4, dilation=2, groups=2 * E * C)
-    b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E), gm.bn1)
-    d2 = F.conv2d(gm.act2(b1), weights["dw2"][k], padding=2, groups=2 * E * C)
-    q = F.conv2d(torch.cat([d2, dd], 1), weights["pw2"][k], groups=4 * E)
+    rep = xr.index_select(1, g.idx("rep", C, dev, S))  # [e, 2 chains, S, C]
+    d1 = F.conv2d(rep, weights["dw1"][k], stride=st, padding=2, groups=2 * E * S * C)
+    dd = F.conv2d(rep, weights["dwd"][k], stride=st, padding=4, dilation=2, groups=2 * E * S * C)
+    b1 = bn.normalize(F.conv2d(d1, weights["pw1"][k], groups=2 * E * S), gm.bn1)
+    d2 = F.conv2d(gm.act2(b1), weights["dw2"][k], padding=2, groups=2 * E * S * C)
+    q = F.conv2d(torch.cat([d2, dd], 1), weights["pw2"][k], groups=4 * E * S)
     pools = [gm.max_pool(x), gm.avg_pool(x)]
     if bn.training:  # one block per (pool, source): see Group.rows
         parts = [q, *pools]
     else:
-        parts = [q, torch.cat(pools, 1).index_select(1, g.idx("pool", C, dev))]
+        parts = [q, torch.cat(pools, 1).index_select(1, g.idx("pool", C, dev, S))]
     if st == 2:
-        parts.append(_factorized_reduce(xr, g, weights["fr"][0]))
+        parts.append(_factorized_reduce(xr, g, weights["fr"][0], S))
     z = bn.normalize(torch.cat(parts, 1), gm.bnz[bn.training])
     if st == 1:  # the identity skips join the stack after BN (one copy instead of a second matmul)
         z = torch.cat([z, x], 1)
     # weighted op sum and node sums in one batched matmul: (slots, rows) @ (rows, C*H*W) per image
     # (coef follows z: a float64 network gets fp32 alpha softmax weights, as the per-edge path promotes)
+    if coef.dim() == 3:  # per seed: (S, slots, rows) @ (S, rows, N*C*H*W), back to (N, slots, S*C, H, W)
+        L = z.shape[1] * z.shape[2] * z.shape[3] // (coef.shape[-1] * S)
+        zs = z.view(N, coef.shape[-1], S, L).permute(2, 1, 0, 3).reshape(S, coef.shape[-1], N * L)
+        out = torch.bmm(coef.to(z.dtype), zs).view(S, -1, N, L).permute(2, 1, 0, 3)
+        return out.reshape(N, -1, S * C, *z.shape[-2:])
     out = torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.reshape(N, coef.shape[1], -1))
     return out.view(N, -1, C, *z.shape[-2:])
 
@@ -414,39 +451,56 @@ def _bn_of(ops: nn.ModuleList, op: int) -> nn.Module:
     return ops[op].bn  # FactorizedReduce skip
 
 
-def _preprocess_convs(m: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+def cat_per_seed(parts: Sequence[torch.Tensor], seeds: int) -> torch.Tensor:
+    """Concatenate seed-major channel blocks per seed: [a_s0, b_s0, a_s1, b_s1, ...] (plain cat for 1)."""
+    if seeds == 1:
+        return torch.cat(list(parts), 1)
+    n, _, h, w = parts[0].shape
+    return torch.cat([p.view(n, seeds, -1, h, w) for p in parts], dim=2).view(n, -1, h, w)
+
+
+def _preprocess_convs(m: nn.Module, x: torch.Tensor, seeds: int) -> list[torch.Tensor]:
     # the conv outputs of a ReLUConvBN or FactorizedReduce cell-input preprocessing, before its BN
     if isinstance(m, FactorizedReduce):
         x = m.relu(x)
         shifted = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2)) if (x.shape[-1] % 2 or x.shape[-2] % 2) else x
-        return [m.conv_1(x), m.conv_2(shifted[:, :, 1:, 1:])]
+        halves = [m.conv_1(x), m.conv_2(shifted[:, :, 1:, 1:])]
+        return halves if seeds == 1 else [cat_per_seed(halves, seeds)]
     return [m.op[1](m.op[0](x))]
 
 
 def _preprocess(cell: nn.Module, cm: CellModules, s0: torch.Tensor, s1: torch.Tensor,
-                bn: BatchNormStats) -> torch.Tensor:
-    """Both preprocessed cell inputs stacked (N, 2C, H, W), with one BN: the first group's input."""
-    convs = _preprocess_convs(cell.preprocess0, s0) + _preprocess_convs(cell.preprocess1, s1)
+                bn: BatchNormStats, seeds: int) -> torch.Tensor:
+    """Both preprocessed cell inputs stacked (N, 2*S*C, H, W), with one BN: the first group's input."""
+    convs = _preprocess_convs(cell.preprocess0, s0, seeds) + _preprocess_convs(cell.preprocess1, s1, seeds)
     return bn.normalize(torch.cat(convs, 1), [[m] for m in cm.pre_bn])
 
 
-def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor) -> torch.Tensor:
-    """The FactorizedReduce convs of the group's edges (before their BN): (N, E*C, H/2, W/2)."""
+def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor, seeds: int) -> torch.Tensor:
+    """The FactorizedReduce convs of the group's edges (before their BN): (N, E*S*C, H/2, W/2)."""
     H, W = xr.shape[-2:]
     shifted = F.pad(xr, (0, W % 2, 0, H % 2)) if (H % 2 or W % 2) else xr
-    both = torch.cat([xr[:, :, ::2, ::2], shifted[:, :, 1::2, 1::2]], 1)  # [parity, source, C]
-    return F.conv2d(both.index_select(1, g.idx("fr", xr.shape[1] // len(g.sources), xr.device)), weight, groups=2 * len(g.edges))
+    both = torch.cat([xr[:, :, ::2, ::2], shifted[:, :, 1::2, 1::2]], 1)  # [parity, source, S, C]
+    C = xr.shape[1] // (len(g.sources) * seeds)
+    return F.conv2d(both.index_select(1, g.idx("fr", C, xr.device, seeds)), weight, groups=2 * len(g.edges) * seeds)
 
 
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                       coefs: list[torch.Tensor], bn: BatchNormStats) -> torch.Tensor:
-    """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels."""
-    cm = cell_modules(cell, plan)
-    inputs = _preprocess(cell, cm, s0, s1, bn)
+                       coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+    """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels.
+
+    ``seeds`` > 1: ``cell`` is a packed cell of S seeds (S*C seed-major channels per tensor, see
+    ``unrealnas.search.packed_net``), ``coefs`` per seed (``CellPlan.coefficients`` of (S, edges, ops));
+    the output concatenates the nodes per seed.
+    """
+    if plan.single and seeds > 1:
+        raise ValueError("packed seeds run every edge fused (SGAS decisions as op-weight rows)")
+    cm = cell_modules(cell, plan, seeds)
+    inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C = cell.C
     # the two inputs on their own only for decided edges (the first group reads them stacked)
     states = [inputs[:, :C], inputs[:, C:]] if plan.single else [None, None]
-    weights = cell_weights(cm, C) if plan.groups else {}
+    weights = cell_weights(cm, C, seeds) if plan.groups else {}
     contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]
     by_first_source = {g.sources[0]: k for k, g in enumerate(plan.groups)}
     for s in range(plan.nodes + 2):
@@ -464,10 +518,10 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
             k = by_first_source[s]
             g = plan.groups[k]
             x = inputs if s == 0 else states[s]
-            out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn)
+            out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn, seeds)
             for slot, t in enumerate(out.unbind(1)):
                 contrib[g.node0 + slot].append(t)
         for i, j, op in cm.single:
             if j == s or (s == 0 and j == 1):
                 contrib[i].append(op(states[j]))
-    return torch.cat(states[2:], dim=1)
+    return cat_per_seed(states[2:], seeds)

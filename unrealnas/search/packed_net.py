@@ -9,7 +9,11 @@ seed s's slice of any tensor is ``t.view(S, -1)[s]`` (``seed_slice``). The only 
 is where channels are concatenated (a cell's nodes, FactorizedReduce's halves): per seed.
 
 Kernels are shared by the seeds, so an iteration of S packed seeds dispatches the ops of one
-(plus a handful): the point of packing on a launch-bound GPU. The op weights come in as
+(plus a handful): the point of packing on a launch-bound GPU. The cells run the fused cell
+computation (``unrealnas.nas.fused``, ``fused=True``, the default) with the seed axis inside each
+edge block: a fused group stacks E edges of S*C channels (``[edge, seed, C]``), its grouped convs get
+S times the groups, one BN covers all, and the weighted op sums are one matmul per seed;
+``fused=False`` runs every op of every edge (``PackedSearchCell``, the readable reference). The op weights come in as
 ``(S, edges, ops)`` rows (``SuperNet.forward(op_weights=...)`` semantics: every non-``none`` op runs;
 an SGAS-decided edge is a one-hot row, a pruned edge a zero row), so all seeds run one graph.
 """
@@ -23,16 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unrealnas.nas.genotype import UNDECIDED
-from unrealnas.nas.ops import FactorizedReduce
+from unrealnas.nas.fused import BatchNormStats, CellPlan, check_batchnorms, fused_cell_forward, make_plan
+from unrealnas.nas.fused import cat_per_seed as _cat_per_seed
+from unrealnas.nas.genotype import UNDECIDED, num_edges
+from unrealnas.nas.ops import PRIMITIVES, FactorizedReduce
 from unrealnas.nas.supernet import ALPHA_NAMES, CELL_TYPES, SearchCell, SuperNet
-
-
-def _cat_per_seed(parts: Sequence[torch.Tensor], seeds: int) -> torch.Tensor:
-    """Concatenate seed-major channel blocks per seed: [a_s0, b_s0, a_s1, b_s1, ...]."""
-    n, _, h, w = parts[0].shape
-    out = torch.cat([p.view(n, seeds, -1, h, w) for p in parts], dim=2)
-    return out.view(n, -1, h, w)
 
 
 class PackedFactorizedReduce(FactorizedReduce):
@@ -135,7 +134,8 @@ def _pack_children(packed: nn.Module, sources: Sequence[nn.Module], seeds: int) 
 class PackedSuperNet(nn.Module):
     """S seeds' SuperNets (same hyper-parameters) packed into one network; see the module docstring."""
 
-    def __init__(self, supernets: Sequence[SuperNet]) -> None:
+    def __init__(self, supernets: Sequence[SuperNet], fused: bool = True) -> None:
+        """``fused``: run the cells with the fused kernels (seed axis folded in); False: every op per edge."""
         super().__init__()
         if not supernets:
             raise ValueError("packing needs at least one supernet")
@@ -151,6 +151,19 @@ class PackedSuperNet(nn.Module):
                                                                         body.classifier)
         # channels of each cell's nodes (per seed): the width its op weights are expanded to
         self.cell_channels = [cell.preprocess1.op[1].out_channels // self.seeds for cell in self.cells]
+        self.fused = bool(fused)
+        self._plans: dict[str, CellPlan] = {}
+        if self.fused:
+            for cell in self.cells:
+                check_batchnorms(cell)
+            norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+            conv, norm = self.stem  # a conv and its BN (SuperNet's stem), normalised with the cells' BNs
+            if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.affine
+                    and norm.track_running_stats and norm.eps == 1e-5 and norm.momentum == norms[-1].momentum):
+                raise TypeError(f"the fused packed supernet needs SuperNet's stem (conv, affine BN), got {self.stem}")
+            k = num_edges(self.nodes)
+            self._plans = {t: make_plan(self.nodes, t == "reduce", [UNDECIDED] * k, len(PRIMITIVES))
+                           for t in CELL_TYPES}
 
     def forward(self, x: torch.Tensor, op_weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """(N, S, classes) logits for images ``x`` (N, S*in_channels, H, W); op_weights (S, edges, ops) each."""
@@ -158,6 +171,8 @@ class PackedSuperNet(nn.Module):
         if torch.is_autocast_enabled(device_type):
             dtype = torch.get_autocast_dtype(device_type)
             op_weights = tuple(w.to(dtype) for w in op_weights)
+        if self.fused:
+            return self.classifier(self.global_pooling(self._fused_cells(x, op_weights)).flatten(1))
         cache: dict[tuple[int, int], list[tuple[torch.Tensor, ...]]] = {}
         s0 = s1 = self.stem(x)
         for cell, c in zip(self.cells, self.cell_channels, strict=True):
@@ -170,6 +185,26 @@ class PackedSuperNet(nn.Module):
             s0, s1 = s1, cell(s0, s1, cache[(t, c)])
         out = self.global_pooling(s1).flatten(1)
         return self.classifier(out)
+
+
+    def _stem(self, x: torch.Tensor, bn: BatchNormStats) -> torch.Tensor:
+        # The stem's BN joins the cells' one update of the running statistics: every buffer of a
+        # PackedSearch is a view of one flat tensor, so an in-place update after the stem BN had saved
+        # its running statistics for backward would invalidate them (shared version counter).
+        conv, norm = self.stem
+        return bn.normalize(conv(x), [[norm]], affine=norm)
+
+    def _fused_cells(self, x: torch.Tensor, op_weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # every edge fused (decisions are op-weight rows); BN running statistics written once, at the end
+        coefs = {t: self._plans[t].coefficients(w, self.training) for t, w in zip(CELL_TYPES, op_weights, strict=True)
+                 if any(c.reduction == (t == "reduce") for c in self.cells)}
+        bn = BatchNormStats(self.training)
+        s0 = s1 = self._stem(x, bn)
+        for cell in self.cells:
+            t = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, fused_cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds)
+        bn.flush()
+        return s1
 
 
 def seed_slice(t: torch.Tensor, seeds: int, s: int, shape: torch.Size) -> torch.Tensor:
