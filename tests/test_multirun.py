@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,10 @@ def test_generate_multirun_runs_then_skips_complete_tasks(tmp_path, capsys):
     assert "nothing to submit" in capsys.readouterr().err
     assert main([*args[:2], "seed=0,1,2", *args[3:], "--dry-run"]) == 0
     assert "6 task(s), 2 to run" in capsys.readouterr().out  # only the new seed is left
+
+
+def test_bench_comma_options_are_not_sweeps():
+    """`bench search methods=darts,darts2` is the bench's own list option, not a Hydra sweep."""
+    out = subprocess.run([sys.executable, "-m", "unrealnas", "bench", "search", "preset=smoke", "methods=darts,nope"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown method 'nope'" in out.stderr and "sweep" not in out.stderr, out.stderr

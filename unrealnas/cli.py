@@ -62,6 +62,11 @@ def _verb_help(verb: str) -> str:
     return verb_help(verb, summary, doc, VERB_KEYS.get(verb), multirun=verb not in NO_MULTIRUN)
 
 
+# Verbs whose own options take comma lists (``bench search methods=darts,darts2 supernet=per_edge,fused``):
+# a comma there is not a sweep.
+OWN_LIST_OPTIONS = frozenset({"bench"})
+
+
 def _refuse_sweeps(args: list[str]) -> None:
     """Without -m, sweep syntax (``seed=0,1``, ``range(3)``) is a mistake: say how to run it."""
     overrides = [a for a in args if "=" in a or a.startswith(("~", "+"))]
@@ -98,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 
             module, func, _ = VERBS[verb]
             return int(run_multirun(verb, f"{module}:{func}", args) or 0)
-        _refuse_sweeps(args)
+        if verb not in OWN_LIST_OPTIONS:
+            _refuse_sweeps(args)
         rc = _resolve(verb)(args)
         return int(rc or 0)
     except AlreadyRunning as e:  # not a failure: another process is doing this very work
