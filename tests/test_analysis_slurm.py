@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slurm
 
 def _analyze(root: Path, kind: str, *extra: str) -> int:
     return cli.main(["analyze", kind, "preset=smoke", f"paths.runs={root / 'runs'}", f"paths.data={root / 'data'}",
-                     *TINY, *SLURM, "analysis.epochs=2", *extra, "--wait"])
+                     *TINY, *SLURM, "launcher.gpus_per_node=0", "analysis.epochs=2", *extra, "--wait"])
+    # (the test node has no GPU: a GPU request is refused before anything is submitted)
 
 
 @pytest.fixture(scope="module")

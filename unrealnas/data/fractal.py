@@ -633,8 +633,18 @@ def _render_task(args: tuple) -> np.ndarray:
     return _render_serial(*args)
 
 
-def _single_threaded_blas() -> None:
-    """Pool initializer: one BLAS thread per worker (the workers already use every core)."""
+def _init_render_worker() -> None:
+    """Pool initializer: default signal handling and one BLAS thread per worker.
+
+    A forked worker inherits the parent's signal handlers. Under submitit (a SLURM job) SIGTERM is
+    "bypassed", so the pool's terminate() never ended the workers and the parent waited forever
+    in join(); the parent alone handles SIGUSR2 (requeue) and SIGINT.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # only a speed matter: oversubscribed BLAS threads
@@ -650,12 +660,17 @@ def _process_pool(workers: int) -> Iterator[Any]:
     """
     import multiprocessing
 
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_single_threaded_blas)
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_render_worker)
     try:
         yield pool
-    finally:
+    except BaseException:
         pool.terminate()
         pool.join()
+        raise
+    # Every task is done: the workers exit on their own (terminate() could catch one of them
+    # holding the task queue's lock and leave the parent waiting in join()).
+    pool.close()
+    pool.join()
 
 
 def default_workers() -> int:
