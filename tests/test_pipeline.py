@@ -67,6 +67,11 @@ def test_local_pipeline_runs_every_stage_then_resubmits_nothing(tmp_path, capsys
     assert sorted((r["method"], r["seed"], r["search_data"]) for r in results) == [
         ("darts", 0, "rlrn"), ("darts", 1, "rlrn"), ("random", 0, None), ("random", 1, None)]
     assert all(r["vs_random_ci"] in ("t", "ref") for r in rows)  # each row against the random cells
+    tables = runs / "tables" / "smoke"
+    # The smoke tables carry no measured time (experiment.cost_column: false); cost.md does.
+    assert "Search cost" not in (tables / "table.md").read_text()
+    assert "| Random cell | 0 | 2 | - | - |" in (tables / "cost.md").read_text()
+    assert (tables / "cost.csv").read_text().startswith("method,search_data,search_label,num_classes,cost,unit,n\n")
 
     # Resubmitting the finished sweep submits nothing, not even the table.
     run = run_pipeline(_plan(_smoke(tmp_path)))

@@ -228,3 +228,46 @@ def test_search_cost_column_has_one_unit_in_its_header():
     mixed = Table([], {a: (0.5, "CPU-hours"), b: (1.0, "GPU-days")}, [], [], [])
     assert cost_header(mixed) == "Search cost (hours)"
     assert (_cost_text(mixed, a), _cost_text(mixed, b)) == ("0.5 (CPU)", "24 (GPU)")
+
+
+def test_a_zero_cost_random_cell_decides_no_unit_and_reads_0():
+    from unrealnas.results.tables import Table, _cost_text, cost_header
+
+    darts, rand = ("darts", "rlrn", "random", 10), ("random", "-", "-", None)
+    table = Table([], {darts: (0.02, "CPU-hours"), rand: (0.0, "GPU-days")}, [], [], [])
+    assert cost_header(table) == "Search cost (CPU-hours)"  # not "hours" with "(GPU)" on a CPU run
+    assert (_cost_text(table, darts), _cost_text(table, rand)) == ("0.02", "0")
+
+
+def test_without_the_cost_column_the_tables_are_the_same_bytes_for_other_timings(tmp_path):
+    from unrealnas.results.tables import render_cost_csv, render_cost_markdown
+
+    def tables(hours: float) -> tuple[str, ...]:
+        runs = tmp_path / f"runs{hours}"
+        for seed in (0, 1):
+            _write(runs, "search", f"s{seed}", kind="search", status="completed", method="darts", search_data="rlrn",
+                   search_label="random", num_classes=10, seed=seed, target=None, metrics={"val_acc": 10.0},
+                   cpu_hours=hours * (seed + 1))
+            _train(runs, f"t{seed}", "rlrn", seed, 3.0 + seed, classes=10)
+        table = build_table(collect_results(runs), cost_column=False)
+        return (render(table, "markdown"), render(table, "latex"), render(table, "csv"), render_cost_markdown(table),
+                render_cost_csv(table))
+
+    a, b = tables(0.5), tables(0.25)
+    assert a[:3] == b[:3]  # the result tables hold no measured time
+    assert "Search cost" not in a[0] + a[1] and "The measured search cost is in cost.md." in a[0]
+    assert "| Search cost (CPU-hours) | Searches |" in a[3] and "| 0.75 | 2 |" in a[3]
+    assert a[4].splitlines()[1] == "darts,rlrn,random,10,0.75,CPU-hours,2" and a[3] != b[3]
+
+
+def test_latex_table_carries_the_differences_to_the_control_and_the_random_cell(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        _train(runs, f"u{seed}", "rlgd", seed, 3.0 + seed / 10, classes=10)
+        _train(runs, f"c{seed}", "cifar10", seed, 2.8 + seed / 5, label="true", classes=10)
+    tex = render(build_table(collect_results(runs)), "latex")
+    assert r"Architecture & Column & $\Delta$ vs true-label control [95\% CI] & $\Delta$ vs random cell [95\% CI] \\" in tex
+    row = next(ln for ln in tex.splitlines() if ln.startswith("UnrealNAS-DARTS-RLGD (10 classes) & CIFAR-10 top-1"))
+    assert "& +0.10 [" in row and " t n=3 & - \\\\" in row  # paired t over 3 seeds; no random row in this sweep
+    assert "ref & -" in tex and "Δ" not in tex and "±" not in tex  # math mode, not raw unicode
+    assert tex.index(r"\end{tabular}") < tex.index(r"\begin{tabular}{llcc}") < tex.index(r"\end{table}")

@@ -28,7 +28,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "describe": ("unrealnas.train.commands", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),
     "pipeline": ("unrealnas.pipeline", "cmd_pipeline", "run a paper experiment end to end: +experiment=<name> launcher=slurm|local"),
     "analyze": ("unrealnas.analysis.commands", "cmd_analyze", "the paper's Fig. 1 analyses: analyze difficulty|distinguishability"),
-    "table": ("unrealnas.results.commands", "cmd_table", "results table of a runs folder: table <runs dir> --format markdown|latex|csv"),
+    "table": ("unrealnas.results.commands", "cmd_table", "results table of a runs folder: table <runs dir> --format markdown|latex|csv|cost"),
     "plot": ("unrealnas.results.commands", "cmd_plot", "figures (Fig. 1, 5, 6, cells) of a runs folder: plot <runs dir> [out=<dir>]"),
     "status": ("unrealnas.launch.status", "cmd_status", "done/running/pending/failed per stage and group: status [runs dir]"),
     "bench": ("unrealnas.commands", "cmd_bench", "benchmarks: bench data | bench search"),

@@ -103,6 +103,7 @@ class Plan:
     seed: int = 0
     notes: list[str] = field(default_factory=list)
     plots: bool = True
+    cost_column: bool = True
 
     def stage(self, name: str) -> Stage:
         """The stage called ``name``."""
@@ -113,7 +114,7 @@ class Plan:
         return {"experiment": self.experiment, "description": self.description, "runs_dir": str(self.runs_dir),
                 "tables_dir": str(self.tables_dir), "launcher_folder": str(self.launcher_folder),
                 "repeats": self.repeats, "expected": self.expected, "run_dirs": self.run_dirs,
-                "notes": self.notes, "plots": self.plots}
+                "notes": self.notes, "plots": self.plots, "cost_column": self.cost_column}
 
 
 @dataclass
@@ -374,7 +375,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     launcher_folder = Path(str(cfg.launcher.folder)).expanduser().absolute()
     return Plan(name, str(exp.description), [*ordered, table], runs_dir, tables_dir, launcher_folder,
                 len(seeds) * max(1, len(retrain_seeds)),
-                expected, run_dirs, int(cfg.seed), notes, bool(exp.plots))
+                expected, run_dirs, int(cfg.seed), notes, bool(exp.plots),
+                bool(exp.cost_column))
 
 
 # ---- running ------------------------------------------------------------------------------------------------
@@ -453,7 +455,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     from unrealnas.io import write_bytes_atomic, write_json_atomic
     from unrealnas.results.collect import collect_results, launch_failures
     from unrealnas.results.stats import search_notes
-    from unrealnas.results.tables import SUFFIXES, build_table, render
+    from unrealnas.results.tables import SUFFIXES, build_table, render, render_cost_csv, render_cost_markdown
 
     say = progress or _say
     runs_dir, out = Path(plan["runs_dir"]), Path(plan["tables_dir"])
@@ -469,12 +471,14 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
     expected = [((m, d, lab, c), t) for m, d, lab, c, t in plan["expected"]]
     title = f"{plan['experiment']}: {plan.get('description') or ''}".strip().rstrip(":")
     table = build_table(collection, repeats=int(plan["repeats"]), failures=failures, expected=expected,
-                        notes=[*plan.get("notes", []), *search_notes(collection)], title=title)
+                        notes=[*plan.get("notes", []), *search_notes(collection)], title=title,
+                        cost_column=bool(plan.get("cost_column", True)))
     files = []
-    for fmt, suffix in SUFFIXES.items():
-        path = out / f"table{suffix}"
-        write_bytes_atomic(path, render(table, fmt).encode())
-        files.append(str(path))
+    texts = {f"table{suffix}": render(table, fmt) for fmt, suffix in SUFFIXES.items()}
+    texts.update({"cost.md": render_cost_markdown(table), "cost.csv": render_cost_csv(table)})
+    for name, text in texts.items():
+        write_bytes_atomic(out / name, text.encode())
+        files.append(str(out / name))
     problems = list(collection.problems) + warnings
     for p in problems:
         say(f"warning: {p}")

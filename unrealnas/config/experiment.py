@@ -43,6 +43,9 @@ class ExperimentConfig:
     search_overrides: list[str] = field(default_factory=list)  # extra Hydra overrides of every generate/search task
     stage_launcher: dict[str, dict[str, Any]] = field(default_factory=default_stage_launchers)  # per array name
     plots: bool = True  # the table stage also draws the figures
+    # The tables carry the measured search cost (the paper's layout). It is measured time, so false keeps it
+    # to cost.md and the same command gives the same table bytes; cost.md/cost.csv are written either way.
+    cost_column: bool = True
 
 
 def register_experiment_schema() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from unrealnas.errors import UserError
 from unrealnas.results.tables import FORMATS
 
-TABLE_USAGE = ("usage: unrealnas table [runs dir] [--format markdown|latex|csv] [repeats=N] [out=<file>] "
+TABLE_USAGE = ("usage: unrealnas table [runs dir] [--format markdown|latex|csv|cost] [repeats=N] [out=<file>] "
                "[launcher.folder=<dir>]")
 PLOT_USAGE = "usage: unrealnas plot [runs dir] [out=<dir>] [formats=png,pdf] [cells=true|false]"
 

@@ -150,22 +150,30 @@ def comparison_csv(comp: Comparison | None) -> list[str]:
     return cells
 
 
-def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], rows: Sequence[tuple[Cell, str]],
-                       columns: Sequence[tuple[tuple[str, str], str]]) -> list[str]:
-    """Markdown lines: one row per architecture and shown column, Δ to the control and to the random cell."""
-    if not comparisons:
-        return []
-    lines = ["", "| Architecture | Column | Δ vs true-label control [95% CI] | Δ vs random cell [95% CI] |",
-             "|---|---|:-:|:-:|"]
+def comparison_rows(comparisons: Mapping[tuple[Cell, str, str], Comparison], rows: Sequence[tuple[Cell, str]],
+                    columns: Sequence[tuple[tuple[str, str], str]]) -> list[tuple[str, str, str, str]]:
+    """(architecture, column, Δ vs control, Δ vs random) texts, one per row and shown column with a reference."""
+    out = []
     for cell, name in rows:
         for (target, metric), column in columns:
             comp = comparisons.get((cell, target, metric))
             if comp is None:
                 continue
-            texts = []
-            for diff, is_ref in ((comp.control, comp.is_control), (comp.random, comp.is_random)):
-                texts.append("ref" if is_ref else "-" if diff is None else diff.text())
-            lines.append(f"| {name} | {column} | {texts[0]} | {texts[1]} |")
+            texts = ["ref" if is_ref else "-" if diff is None else diff.text()
+                     for diff, is_ref in ((comp.control, comp.is_control), (comp.random, comp.is_random))]
+            out.append((name, column, texts[0], texts[1]))
+    return out
+
+
+def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], rows: Sequence[tuple[Cell, str]],
+                       columns: Sequence[tuple[tuple[str, str], str]]) -> list[str]:
+    """Markdown lines: one row per architecture and shown column, Δ to the control and to the random cell."""
+    body = comparison_rows(comparisons, rows, columns)
+    if not body:
+        return []
+    lines = ["", "| Architecture | Column | Δ vs true-label control [95% CI] | Δ vs random cell [95% CI] |",
+             "|---|---|:-:|:-:|"]
+    lines += [f"| {name} | {column} | {control} | {rand} |" for name, column, control, rand in body]
     lines += ["", LEGEND]
     return lines
 

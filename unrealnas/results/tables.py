@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from unrealnas.results.collect import MISSING, PRETRAINED_SUFFIX, Cell, Collection, Failure, RunResult
 from unrealnas.results.stats import (
     COMPARISON_COLUMNS,
+    LEGEND,
     Comparison,
+    comparison_rows,
     compare_groups,
     comparison_csv,
     render_comparisons,
@@ -28,7 +30,7 @@ from unrealnas.results.stats import (
 
 CSV_COLUMNS = ("method", "search_data", "search_label", "num_classes", "target", "metric", "n", "best", "mean",
                "std", "flags", *COMPARISON_COLUMNS)
-FORMATS = ("markdown", "latex", "csv")
+FORMATS = ("markdown", "latex", "csv", "cost")  # cost: the measured search cost table (cost.md)
 SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a folder without retrains)
 
 # Metrics shown as columns in the paper layout (the CSV has every metric a run recorded).
@@ -86,6 +88,10 @@ class Table:
     title: str = ""
     # (cell, target, metric) -> differences to the true-label control and the random row (results.stats)
     comparisons: dict[tuple[Cell, str, str], Comparison] = field(default_factory=dict)
+    cost_runs: dict[Cell, int] = field(default_factory=dict)  # searches behind each cost
+    # The paper's layout has a search-cost column; it is measured time, so a table that must be the same
+    # bytes on every run of the same command (experiment.cost_column: false) leaves it to cost.md.
+    cost_column: bool = True
 
 
 def summarize(values: Sequence[float], metric: str) -> tuple[float | None, float | None, float | None]:
@@ -147,11 +153,13 @@ def _merge_failures(collection: Collection, failures: Iterable[Failure]) -> list
 
 
 def build_table(collection: Collection, repeats: int | None = None, failures: Iterable[Failure] = (),
-                expected: Iterable[tuple[Cell, str]] = (), notes: Sequence[str] = (), title: str = "") -> Table:
+                expected: Iterable[tuple[Cell, str]] = (), notes: Sequence[str] = (), title: str = "",
+                cost_column: bool = True) -> Table:
     """Group the completed retrains (or searches, where a cell has no retrain) and flag what is missing.
 
     ``repeats``: runs expected per group (default: the largest number attempted in any group).
     ``expected``: (cell, target) groups that must appear even when none of their runs completed.
+    ``cost_column``: the markdown and LaTeX tables carry the measured search cost (else only cost.md does).
     """
     train: dict[tuple[Cell, str], list[RunResult]] = defaultdict(list)
     for r in collection.completed("train"):
@@ -213,14 +221,16 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
     comparisons = compare_groups(groups, row_metrics)
 
     cost: dict[Cell, tuple[float, str]] = {}
+    cost_runs: dict[Cell, int] = {}
     for cell, runs in searches.items():
         gpu = [r.gpu_hours for r in runs if r.gpu_hours is not None]
         cpu = [r.cpu_hours for r in runs if r.cpu_hours is not None]
         if gpu:
-            cost[cell] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days")
+            cost[cell], cost_runs[cell] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days"), len(gpu)
         elif cpu:
-            cost[cell] = (math.fsum(cpu) / len(cpu), "CPU-hours")
-    return Table(rows, cost, all_failures, list(collection.problems), list(notes), title, comparisons)
+            cost[cell], cost_runs[cell] = (math.fsum(cpu) / len(cpu), "CPU-hours"), len(cpu)
+    return Table(rows, cost, all_failures, list(collection.problems), list(notes), title, comparisons, cost_runs,
+                 cost_column)
 
 
 # ---- rendering ------------------------------------------------------------------------------------------
@@ -304,7 +314,8 @@ def _params(pr: _PaperRow, columns: list[tuple[str, str]]) -> float | None:
 
 def cost_unit(table: Table) -> str:
     """The one unit of the search-cost column: GPU-days, CPU-hours, or hours when devices are mixed."""
-    units = {unit for _, unit in table.cost.values()}
+    # A zero cost (a random cell: nothing was searched) is the same in every unit and decides none.
+    units = {unit for value, unit in table.cost.values() if value != 0}
     return units.pop() if len(units) == 1 else ("hours" if units else "GPU-days")
 
 
@@ -317,6 +328,8 @@ def _cost_text(table: Table, cell: Cell) -> str:
     if cell not in table.cost:
         return "-"
     value, unit = table.cost[cell]
+    if value == 0:
+        return "0"
     if cost_unit(table) != "hours":
         return f"{value:.3g}"
     # Mixed devices: every cell in hours, each naming the device it was measured on.
@@ -341,8 +354,8 @@ def _footnotes(table: Table) -> list[str]:
 def render_markdown(table: Table) -> str:
     """The paper layout as a markdown table, with footnotes for flags and failures."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", cost_header(table),
-            "Search data", "Search label", "Flags"]
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)",
+            *([cost_header(table)] if table.cost_column else []), "Search data", "Search label", "Flags"]
     lines = [f"### {table.title}", ""] if table.title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
     for pr in _paper_rows(table):
@@ -351,11 +364,12 @@ def render_markdown(table: Table) -> str:
             row = pr.values.get(c)
             cells.append(_value_text(row, "±") if row is not None else "")
         flags = list(pr.flags) + [f"failed [{i}]" for i in pr.notes]
-        cells += [_num(_params(pr, columns)), _cost_text(table, pr.cell), pr.cell[1], pr.cell[2],
-                  "; ".join(flags)]
+        cells += [_num(_params(pr, columns)), *([_cost_text(table, pr.cell)] if table.cost_column else []),
+                  pr.cell[1], pr.cell[2], "; ".join(flags)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append("")
-    lines.append("best (mean±std) over the repeats, sample std (ddof=1), n = completed runs.")
+    lines.append("best (mean±std) over the repeats, sample std (ddof=1), n = completed runs."
+                 + ("" if table.cost_column else " The measured search cost is in cost.md."))
     lines += render_comparisons(table.comparisons, [(pr.cell, architecture_name(pr.cell)) for pr in _paper_rows(table)],
                                 [(c, _column_name(*c)) for c in columns])
     lines += _footnotes(table)
@@ -376,8 +390,8 @@ def latex_escape(text: str) -> str:
 def render_latex(table: Table) -> str:
     """The paper layout as a booktabs LaTeX table; failures and flags as footnotes below it."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)", cost_header(table),
-            "Search data", "Search label"]
+    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)",
+            *([cost_header(table)] if table.cost_column else []), "Search data", "Search label"]
     lines = [r"\begin{table}[t]", r"\centering"]
     if table.title:
         lines.append(rf"\caption{{{latex_escape(table.title)}}}")
@@ -393,10 +407,12 @@ def render_latex(table: Table) -> str:
             text = latex_escape(_value_text(row, "±")).replace("±", r"$\pm$")
             marks = [str(i) for i in row.notes] + (["*"] if row.n < (row.expected or 0) else [])
             cells.append(text + (rf"$^{{{','.join(marks)}}}$" if marks else ""))
-        cells += [_num(_params(pr, columns)), latex_escape(_cost_text(table, pr.cell)), latex_escape(pr.cell[1]),
-                  latex_escape(pr.cell[2])]
+        cells += [_num(_params(pr, columns)), *([latex_escape(_cost_text(table, pr.cell))] if table.cost_column else []),
+                  latex_escape(pr.cell[1]), latex_escape(pr.cell[2])]
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize",
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += _latex_comparisons(table, columns)
+    lines += [r"\par\smallskip\footnotesize",
               r"best (mean$\pm$std) over the repeats, sample std, n = completed runs; "
               r"$^{*}$ incomplete group (fewer runs than repeats)."]
     for line in _footnotes(table):
@@ -405,6 +421,51 @@ def render_latex(table: Table) -> str:
         lines.append(r"\par " + latex_escape(f"note: {n}"))
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def _latex_comparisons(table: Table, columns: list[tuple[str, str]]) -> list[str]:
+    """The differences to the control and the random cell as a second tabular, with the legend."""
+    body = comparison_rows(table.comparisons, [(pr.cell, architecture_name(pr.cell)) for pr in _paper_rows(table)],
+                           [(c, _column_name(*c)) for c in columns])
+    if not body:
+        return []
+    head = ["Architecture", "Column", "Δ vs true-label control [95% CI]", "Δ vs random cell [95% CI]"]
+    lines = [r"\par\medskip", r"\begin{tabular}{llcc}", r"\toprule", " & ".join(_latex_text(h) for h in head) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join(_latex_text(c) for c in row) + r" \\" for row in body]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\par\smallskip\footnotesize " + _latex_text(LEGEND)]
+    return lines
+
+
+def _latex_text(text: str) -> str:
+    """Plain text with the table's two non-ASCII symbols (Δ, ±) in math mode."""
+    return latex_escape(text).replace("Δ", r"$\Delta$").replace("±", r"$\pm$")
+
+
+def render_cost_markdown(table: Table) -> str:
+    """The measured search cost per searched cell (mean over its searches), the unit in the header."""
+    head = ["Architecture", cost_header(table), "Searches", "Search data", "Search label"]
+    lines = [f"### {table.title}: search cost", ""] if table.title else []
+    lines += ["| " + " | ".join(head) + " |", "|---|:-:|:-:|:-:|:-:|"]
+    for cell in sorted(table.cost, key=_cell_sort_key):
+        lines.append(f"| {architecture_name(cell)} | {_cost_text(table, cell)} | {table.cost_runs.get(cell, '-')} | "
+                     f"{cell[1]} | {cell[2]} |")
+    lines += ["", "Mean over the searches of their measured compute time (the sum of their epochs' times), so "
+              "it differs between runs of the same command; the result tables do not carry it. A random "
+              "cell costs 0."]
+    return "\n".join(lines) + "\n"
+
+
+def render_cost_csv(table: Table) -> str:
+    """``method, search_data, search_label, num_classes, cost, unit, n``: one row per searched cell."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("method", "search_data", "search_label", "num_classes", "cost", "unit", "n"))
+    for cell in sorted(table.cost, key=_cell_sort_key):
+        value, unit = table.cost[cell]
+        writer.writerow([*cell[:3], "" if cell[3] is None else cell[3], _csv_num(value), unit,
+                         table.cost_runs.get(cell, "")])
+    return buf.getvalue()
 
 
 def _csv_num(v: float | None) -> str:
@@ -423,8 +484,8 @@ def render_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-RENDERERS = {"markdown": render_markdown, "latex": render_latex, "csv": render_csv}
-SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv"}
+RENDERERS = {"markdown": render_markdown, "latex": render_latex, "csv": render_csv, "cost": render_cost_markdown}
+SUFFIXES = {"markdown": ".md", "latex": ".tex", "csv": ".csv"}  # table.<suffix>; the pipeline adds cost.md/.csv
 
 
 def render(table: Table, fmt: str) -> str:
