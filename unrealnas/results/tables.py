@@ -22,9 +22,9 @@ from unrealnas.results.stats import (
     COMPARISON_COLUMNS,
     LEGEND,
     Comparison,
-    comparison_rows,
     compare_groups,
     comparison_csv,
+    comparison_rows,
     render_comparisons,
 )
 
