@@ -73,3 +73,16 @@ def test_without_the_dot_program_the_cells_are_still_drawn(tmp_path, monkeypatch
     monkeypatch.setattr(graphviz.Digraph, "pipe", missing)
     png = draw.draw_genotype(KNOWN_GENOTYPES["DARTS_V2"], tmp_path / "cell.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000  # the matplotlib drawing
+
+
+def test_one_class_count_draws_no_fig6_and_says_why(tmp_path):
+    from tests.test_results import _train
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        _train(runs, f"rlgd-s{seed}", "rlgd", seed, 8.0 + seed, classes=10)
+        _train(runs, f"rlrn-s{seed}", "rlrn", seed, 9.0 + seed, classes=10)
+    report = figures.plot_all(runs, tmp_path / "fig", formats=["png"], cells=False)
+    assert not (tmp_path / "fig" / "fig6_accuracy_vs_classes.png").exists()
+    assert any(why.startswith("accuracy vs number of classes (Fig. 6): no random-label search data retrained at "
+                              "two or more class counts") for why in report.skipped)
