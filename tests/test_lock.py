@@ -125,3 +125,23 @@ def locked_stage(overrides: list[str]) -> Path:
     with folder_lock(run_dir):
         (run_dir / "result.json").write_text("{}")
     return run_dir
+
+
+def test_a_completing_job_that_found_its_run_taken_is_reported_from_its_outcome(tmp_path, hold, monkeypatch):
+    from unrealnas.launch.records import write_outcome
+
+    run_dir, array = tmp_path / "runs" / "search" / "twice", tmp_path / "runs" / "slurm" / "search" / "9"
+    hold(run_dir)
+    array.mkdir(parents=True)
+    write_outcome(array / "9_0_outcome.json", "running_elsewhere", "already running")
+    entry = {"index": 0, "job_id": "9_0", "verb": "search", "overrides": [], "stage": "search", "group": "g",
+             "run_dir": str(run_dir), "stdout": None, "stderr": None, "outcome": str(array / "9_0_outcome.json")}
+    (array / "tasks.json").write_text(json.dumps({"version": 1, "launcher": "slurm", "name": "search", "job_id": "9",
+                                                  "submitted_at": 1.0, "tasks": [entry]}))
+    # The job has exited 75 and SLURM still lists it as COMPLETING with the reason NonZeroExitCode.
+    monkeypatch.setattr(status_mod, "_queue", lambda: {"9_0": ("COMPLETING", "NonZeroExitCode")})
+    monkeypatch.setattr(status_mod, "_accounting", lambda ids: {})
+    [task] = status_mod.status(tmp_path / "runs").tasks
+    assert task.state == "running" and task.note.startswith("skipped here: running elsewhere (host "), task
+    monkeypatch.setattr(status_mod, "_queue", lambda: {"9_0": ("RUNNING", "None")})  # still running: the queue
+    assert status_mod.status(tmp_path / "runs").tasks[0].note == ""

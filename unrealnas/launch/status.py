@@ -177,12 +177,15 @@ def _entry_state(entry: dict[str, Any], record: dict[str, Any], queue: dict[str,
         if same_host and _pid_alive(record.get("pid")):
             return ("running" if state == "RUNNING" else "pending"), f"local launcher pid {record.get('pid')}"
         return "failed", "the local launcher stopped before this task finished"
-    if queue is not None and job_id in queue:
+    outcome = read_outcome(entry.get("outcome"))
+    # A COMPLETING job has run its task: its outcome file says more than the queue's reason
+    # (e.g. "NonZeroExitCode" for a task that found its run directory taken, exit 75).
+    completing = queue is not None and queue.get(job_id, ("", ""))[0] == "COMPLETING"
+    if queue is not None and job_id in queue and not (completing and outcome is not None):
         slurm_state, reason = queue[job_id]
         if "DependencyNeverSatisfied" in reason:
             return "failed", "never runs: a job it depends on failed (scancel it)"
         return _QUEUE_STATES.get(slurm_state, "running"), "" if reason in ("None", "") else reason
-    outcome = read_outcome(entry.get("outcome"))
     if outcome is not None:
         if outcome[0] == "running_elsewhere":
             return _elsewhere(entry, outcome[1])
