@@ -134,7 +134,8 @@ COMPARISON_COLUMNS = ("vs_control", "vs_control_lo", "vs_control_hi", "vs_contro
                       "vs_random_hi", "vs_random_ci")
 
 
-def _csv_num(v: float | None) -> str:
+def csv_number(v: float | None) -> str:
+    """A CSV cell: the value rounded to 6 decimals, empty for None (the tables' CSV files share it)."""
     return "" if v is None else repr(round(v, 6))
 
 
@@ -146,7 +147,7 @@ def comparison_csv(comp: Comparison | None) -> list[str]:
         if diff is None:
             cells += ["", "", "", "ref" if is_ref else ""]
         else:
-            cells += [_csv_num(diff.mean), _csv_num(diff.low), _csv_num(diff.high), diff.method]
+            cells += [csv_number(diff.mean), csv_number(diff.low), csv_number(diff.high), diff.method]
     return cells
 
 

@@ -25,6 +25,7 @@ from unrealnas.results.stats import (
     compare_groups,
     comparison_csv,
     comparison_rows,
+    csv_number,
     render_comparisons,
 )
 
@@ -351,27 +352,41 @@ def _footnotes(table: Table) -> list[str]:
     return lines
 
 
+def _paper_head(table: Table, columns: list[tuple[str, str]]) -> list[str]:
+    """The paper layout's column names (the markdown adds Flags)."""
+    return ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)",
+            *([cost_header(table)] if table.cost_column else []), "Search data", "Search label"]
+
+
+def _paper_tail(table: Table, pr: _PaperRow, columns: list[tuple[str, str]]) -> list[str]:
+    """A row's cells after its result columns: params, the search cost when shown, search data and label."""
+    return [_num(_params(pr, columns)), *([_cost_text(table, pr.cell)] if table.cost_column else []),
+            pr.cell[1], pr.cell[2]]
+
+
+def _names(paper_rows: list[_PaperRow]) -> list[tuple[Cell, str]]:
+    return [(pr.cell, architecture_name(pr.cell)) for pr in paper_rows]
+
+
 def render_markdown(table: Table) -> str:
     """The paper layout as a markdown table, with footnotes for flags and failures."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)",
-            *([cost_header(table)] if table.cost_column else []), "Search data", "Search label", "Flags"]
+    paper_rows = _paper_rows(table)
+    head = [*_paper_head(table, columns), "Flags"]
     lines = [f"### {table.title}", ""] if table.title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
-    for pr in _paper_rows(table):
+    for pr in paper_rows:
         cells = [architecture_name(pr.cell)]
         for c in columns:
             row = pr.values.get(c)
             cells.append(_value_text(row, "±") if row is not None else "")
         flags = list(pr.flags) + [f"failed [{i}]" for i in pr.notes]
-        cells += [_num(_params(pr, columns)), *([_cost_text(table, pr.cell)] if table.cost_column else []),
-                  pr.cell[1], pr.cell[2], "; ".join(flags)]
+        cells += [*_paper_tail(table, pr, columns), "; ".join(flags)]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines.append("")
     lines.append("best (mean±std) over the repeats, sample std (ddof=1), n = completed runs."
                  + ("" if table.cost_column else " The measured search cost is in cost.md."))
-    lines += render_comparisons(table.comparisons, [(pr.cell, architecture_name(pr.cell)) for pr in _paper_rows(table)],
-                                [(c, _column_name(*c)) for c in columns])
+    lines += render_comparisons(table.comparisons, _names(paper_rows), [(c, _column_name(*c)) for c in columns])
     lines += _footnotes(table)
     lines += [f"note: {n}" for n in table.notes]
     lines += [f"skipped malformed result: {p}" for p in table.problems]
@@ -390,14 +405,14 @@ def latex_escape(text: str) -> str:
 def render_latex(table: Table) -> str:
     """The paper layout as a booktabs LaTeX table; failures and flags as footnotes below it."""
     columns = _paper_columns(table)
-    head = ["Architecture", *(_column_name(t, m) for t, m in columns), "Params (M)",
-            *([cost_header(table)] if table.cost_column else []), "Search data", "Search label"]
+    paper_rows = _paper_rows(table)
+    head = _paper_head(table, columns)
     lines = [r"\begin{table}[t]", r"\centering"]
     if table.title:
         lines.append(rf"\caption{{{latex_escape(table.title)}}}")
     lines += [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
               " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
-    for pr in _paper_rows(table):
+    for pr in paper_rows:
         cells = [latex_escape(architecture_name(pr.cell))]
         for c in columns:
             row = pr.values.get(c)
@@ -407,11 +422,10 @@ def render_latex(table: Table) -> str:
             text = latex_escape(_value_text(row, "±")).replace("±", r"$\pm$")
             marks = [str(i) for i in row.notes] + (["*"] if row.n < (row.expected or 0) else [])
             cells.append(text + (rf"$^{{{','.join(marks)}}}$" if marks else ""))
-        cells += [_num(_params(pr, columns)), *([latex_escape(_cost_text(table, pr.cell))] if table.cost_column else []),
-                  latex_escape(pr.cell[1]), latex_escape(pr.cell[2])]
+        cells += [latex_escape(text) for text in _paper_tail(table, pr, columns)]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += _latex_comparisons(table, columns)
+    lines += _latex_comparisons(table, paper_rows, columns)
     lines += [r"\par\smallskip\footnotesize",
               r"best (mean$\pm$std) over the repeats, sample std, n = completed runs; "
               r"$^{*}$ incomplete group (fewer runs than repeats)."]
@@ -423,10 +437,9 @@ def render_latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _latex_comparisons(table: Table, columns: list[tuple[str, str]]) -> list[str]:
+def _latex_comparisons(table: Table, paper_rows: list[_PaperRow], columns: list[tuple[str, str]]) -> list[str]:
     """The differences to the control and the random cell as a second tabular, with the legend."""
-    body = comparison_rows(table.comparisons, [(pr.cell, architecture_name(pr.cell)) for pr in _paper_rows(table)],
-                           [(c, _column_name(*c)) for c in columns])
+    body = comparison_rows(table.comparisons, _names(paper_rows), [(c, _column_name(*c)) for c in columns])
     if not body:
         return []
     head = ["Architecture", "Column", "Δ vs true-label control [95% CI]", "Δ vs random cell [95% CI]"]
@@ -463,13 +476,9 @@ def render_cost_csv(table: Table) -> str:
     writer.writerow(("method", "search_data", "search_label", "num_classes", "cost", "unit", "n"))
     for cell in sorted(table.cost, key=_cell_sort_key):
         value, unit = table.cost[cell]
-        writer.writerow([*cell[:3], "" if cell[3] is None else cell[3], _csv_num(value), unit,
+        writer.writerow([*cell[:3], "" if cell[3] is None else cell[3], csv_number(value), unit,
                          table.cost_runs.get(cell, "")])
     return buf.getvalue()
-
-
-def _csv_num(v: float | None) -> str:
-    return "" if v is None else repr(round(v, 6))
 
 
 def render_csv(table: Table) -> str:
@@ -479,7 +488,7 @@ def render_csv(table: Table) -> str:
     writer.writerow(CSV_COLUMNS)
     for r in table.rows:
         writer.writerow([r.method, r.search_data, r.search_label, "" if r.num_classes is None else r.num_classes,
-                         r.target, r.metric, r.n, _csv_num(r.best), _csv_num(r.mean), _csv_num(r.std),
+                         r.target, r.metric, r.n, csv_number(r.best), csv_number(r.mean), csv_number(r.std),
                          "; ".join(r.flags), *comparison_csv(table.comparisons.get((r.cell, r.target, r.metric)))])
     return buf.getvalue()
 
