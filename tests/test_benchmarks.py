@@ -1,16 +1,11 @@
-"""The benchmarks run in a tiny mode and return sane rows (no timing assertions), and the GPU check's plumbing."""
+"""The benchmarks run in a tiny mode and return sane rows (no timing assertions)."""
 
 import functools
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO
 from unrealnas.benchmarks import data as data_bench
 from unrealnas.benchmarks import search as search_bench
 from unrealnas.benchmarks.table import format_table, pop_options, report
@@ -20,14 +15,6 @@ from unrealnas.errors import ConfigError
 # A 3-cell, 2-channel supernet on 8x8 images: a search iteration takes well under a second on CPU.
 TINY = ["preset=smoke", "device=cpu", "search.layers=3", "search.init_channels=2", "search.resolution=8",
         "search.batch_size=4", "data.num_classes=10"]
-
-
-def _load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_table_aligns_columns_and_writes_json(tmp_path, capsys):
@@ -52,65 +39,80 @@ def test_pop_options_types_and_leaves_overrides():
         pop_options(["quick=maybe"], spec)
 
 
-def test_paper_projection_counts_warmup_epochs_as_weight_steps_only():
+def test_paper_projection_counts_every_iteration_per_image():
     p = search_bench.paper_schedule()
     assert p == {"warmup_epochs": 5, "search_epochs": 50, "batch_size": 64, "iters_per_epoch": 390,
                  "train_images": 25_000}
-    assert search_bench.project_paper_hours(1.0, 1.0, 64) == pytest.approx(390 * (50 * 2 + 5 * 1) / 3600)
+    assert search_bench.paper_hours(1.0, 64) == pytest.approx(390 * 55 / 3600)
     # a smaller measured batch is scaled per image: 8 images at half a second = 64 at 4 s
-    assert search_bench.project_paper_hours(0.25, 0.25, 8) == pytest.approx(search_bench.project_paper_hours(2, 2, 64))
+    assert search_bench.paper_hours(0.5, 8) == pytest.approx(search_bench.paper_hours(4.0, 64))
 
 
-def test_search_benchmark_rows_for_both_orders():
+def test_search_benchmark_rows_side_by_side_with_ratios():
     cfg = compose_config(TINY)
-    rows = search_bench.run_search_benchmark(cfg, ["darts", "darts2"], steps=1, warmup=0)
-    assert [(r["method"], r["variant"]) for r in rows] == [("darts", "baseline"), ("darts", "optimised"),
-                                                            ("darts2", "baseline"), ("darts2", "optimised")]
+    rows = search_bench.run_search_benchmark(cfg, ["darts", "darts2"], steps=1, warmup=0, seeds=[1, 2])
+    assert [(r["method"], r["engine"], r["seeds"]) for r in rows] == [
+        ("darts", "per_edge", 1), ("darts", "engine", 1), ("darts", "engine", 2),
+        ("darts2", "per_edge", 1), ("darts2", "engine", 1), ("darts2", "engine", 2)]
     for r in rows:
         assert r["s_per_iter"] > 0 and r["images_per_s"] > 0 and r["paper_search_h"] > 0
-        assert r["s_per_iter"] == pytest.approx(r["arch_s"] + r["weight_s"])
-    # on CPU, amp=auto and channels_last=auto select neither: the optimised row is the baseline, and says so
-    assert rows[1]["vs_baseline"] == 1.0 and "= baseline, not re-measured" in rows[1]["note"] and not rows[1]["channels_last"]
-    with pytest.raises(ConfigError, match="unknown method"):
-        search_bench.run_search_benchmark(cfg, ["sgas_c1"], steps=1, warmup=0)
+        assert 0 < r["kernel_ops"] < r["ops_per_iter"] and (r["precision"], r["graph"]) == ("fp32", "eager")
+    pe, one, two = rows[0], rows[1], rows[2]
+    assert one["ops_per_iter"] < pe["ops_per_iter"]  # the fused engine dispatches fewer ops than per-edge
+    assert one["ops_vs_per_edge"] == pytest.approx(pe["ops_per_iter"] / one["ops_per_iter"])
+    assert two["ops_vs_S1"] == pytest.approx(two["ops_per_iter"] / one["ops_per_iter"]) and two["ops_vs_S1"] < 1.5
+    assert pe["vs_per_edge"] is None and one["ops_vs_S1"] == 1.0
+    assert rows[4]["ops_per_iter"] > one["ops_per_iter"]  # second order: three more passes
+    with pytest.raises(ConfigError, match="'fast' is not one of"):
+        search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, supernets=["fast"])
+    with pytest.raises(ConfigError, match="packed"):
+        search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, seeds=[0])
 
 
-def test_search_benchmark_iterations_update_weights_and_alphas():
+def test_engine_bench_iterations_update_weights_and_alphas():
     cfg = compose_config(TINY)
-    b = search_bench.build_search_bench(cfg.search, 10, 3, 8, torch.device("cpu"), "baseline")
-    alphas = [a.detach().clone() for a in b.model.arch_parameters()]
-    weights = [w.detach().clone() for w in b.model.weight_parameters()]
-    t = search_bench.time_search_iterations(b, torch.device("cpu"), steps=2, warmup=0)
-    assert t["arch_s"] > 0 and t["weight_s"] > 0
-    assert all(not torch.equal(a, b2) for a, b2 in zip(alphas, b.model.arch_parameters(), strict=True))
-    assert any(not torch.equal(w, w2) for w, w2 in zip(weights, b.model.weight_parameters(), strict=True))
-    assert b.val.state_dict()["batch"] == 2  # the persistent validation stream advanced once per iteration
+    b = search_bench.build_engine_bench(cfg, "darts", 2, torch.device("cpu"))
+    alphas = [a.detach().clone() for a in b.engine.alphas]
+    flat = b.engine.flat.clone()
+    search_bench.measure(b, torch.device("cpu"), steps=2, warmup=0, count=False)
+    assert all(not torch.equal(a, a2) for a, a2 in zip(alphas, b.engine.alphas, strict=True))
+    assert not torch.equal(flat, b.engine.flat)
+    assert all(v.state_dict()["batch"] == 2 for v in b.val)  # each seed's validation stream advanced per iteration
 
 
-def test_optimised_variant_can_be_forced_on_cpu():
-    cfg = compose_config([*TINY, "search.amp=bf16", "search.channels_last=on"])
-    rows = search_bench.bench_method(cfg, "darts", torch.device("cpu"), steps=1, warmup=0, compile_=False)
-    assert rows[1]["variant"] == "optimised" and rows[1]["channels_last"] and rows[1]["amp"] == "bf16"
-    assert "= baseline" not in rows[1]["note"]  # measured, not copied from the baseline
+def test_bf16_rows_run_as_labelled_on_cpu():
+    rows = search_bench.run_search_benchmark(compose_config(TINY), ["darts"], steps=1, warmup=0,
+                                             supernets=["fused"], precisions=["bf16"])
+    assert [(r["precision"], r["engine"]) for r in rows] == [("bf16", "engine")]
+    b = search_bench.build_engine_bench(compose_config(TINY), "darts", 1, torch.device("cpu"), precision="bf16")
+    assert b.engine.settings.amp == "bf16"
 
 
 @pytest.mark.slow
-def test_compile_variant_runs(monkeypatch):
+def test_compile_row_runs(monkeypatch):
     # dynamo's eager backend traces the supernet as compile=true does, without inductor's minutes of codegen on CPU
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
-    rows = search_bench.bench_method(compose_config(TINY), "darts", torch.device("cpu"), steps=1, warmup=0,
-                                     compile_=True)
-    assert [r["variant"] for r in rows] == ["baseline", "optimised", "compile"]
-    assert rows[2]["s_per_iter"] > 0 and rows[2]["vs_baseline"] > 0
+    rows = search_bench.run_search_benchmark(compose_config(TINY), ["darts"], steps=1, warmup=0,
+                                             supernets=["fused"], compile_=True)
+    assert [r["compile"] for r in rows] == [False, True]
+    assert rows[1]["s_per_iter"] > 0 and rows[1]["ops_per_iter"] is None and "no op count" in rows[1]["note"]
 
 
-def test_bench_search_cli_writes_json(tmp_path, capsys):
+def test_bench_search_cli_writes_json_and_prints_json_rows(tmp_path, capsys):
     out = tmp_path / "search.json"
-    assert search_bench.main([*TINY, "steps=1", "warmup=0", "methods=darts", f"json={out}", "threads=1"]) == 0
+    assert search_bench.main([*TINY, "steps=1", "warmup=0", "methods=darts", "packed=1", f"json={out}", "threads=1"]) == 0
     payload = json.loads(out.read_text())
     assert payload["benchmark"] == "search" and len(payload["rows"]) == 2
     text = capsys.readouterr().out
     assert "paper_search_h" in text and "darts" in text
+    assert search_bench.main([*TINY, "steps=1", "warmup=0", "methods=darts", "supernet=fused", "packed=1,2",
+                              "format=json", "threads=1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [(r["engine"], r["method"], r["seeds"]) for r in doc["rows"]] == [("engine", "darts", 1),
+                                                                             ("engine", "darts", 2)]
+    assert all(r["ops_per_iter"] > 0 and r["s_per_iter"] > 0 for r in doc["rows"])
+    with pytest.raises(ConfigError, match="format=csv"):
+        search_bench.main([*TINY, "format=csv"])
 
 
 def test_data_benchmark_rows(tmp_path, capsys):
@@ -142,39 +144,6 @@ def test_target_notes_report_met_and_not_met():
     assert "45.0 s (extrapolated from a tenth) -> met" in notes[0]
     assert "30x" in notes[1] and "NOT met" in notes[1] and "reference loop: 200x" in notes[1]
     assert "25x" in notes[2] and "-> met" in notes[2]
-
-
-def test_gpu_check_dry_run_subset(tmp_path, capsys):
-    gpu_check = _load_gpu_check()
-    only = ["forward_backward_cuda_vs_cpu", "bf16_autocast_loss", "first_order_alpha_grad_cuda_vs_cpu",
-            "device_loader_cuda_vs_cpu"]
-    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path), "--only", *only]) == 0
-    summary = json.loads((tmp_path / "gpu_check_correctness.json").read_text())
-    assert summary["passed"] == 4 and summary["failed"] == 0 and summary["dry_run"]
-    assert capsys.readouterr().out.count("PASS ") == 5  # four checks and the total
-
-
-def test_gpu_check_reports_a_crashing_check_as_fail(tmp_path, monkeypatch, capsys):
-    gpu_check = _load_gpu_check()
-
-    def boom(dev, sizes, work):
-        raise RuntimeError("simulated CUDA error")
-
-    monkeypatch.setattr(gpu_check, "CHECKS", [("boom", boom)])
-    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 1
-    assert "FAIL boom: RuntimeError: simulated CUDA error" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_gpu_check_script_cpu_dry_run(tmp_path):
-    out = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-dry-run"], capture_output=True,
-                         text=True, timeout=1800, env={**os.environ, "OUT": str(tmp_path)}, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert summary["failed"] == 0 and {s["stage"] for s in summary["stages"]} >= {"env", "correctness",
-                                                                                   "bench_search", "bench_data"}
-    for name in ("gpu_check.log", "gpu_check_correctness.json", "bench_search.json", "bench_data.json"):
-        assert (tmp_path / name).exists(), name
 
 
 @pytest.mark.slow

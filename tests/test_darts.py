@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from torch.func import functional_call
 
-from unrealnas.nas.darts import Architect, first_order_alpha_grads, unrolled_alpha_grads
+from tests.darts_reference import Architect, first_order_alpha_grads, unrolled_alpha_grads
 from unrealnas.nas.genotype import UNDECIDED, num_edges
 from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.supernet import ALPHA_NAMES, SuperNet

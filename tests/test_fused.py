@@ -1,4 +1,4 @@
-"""The fused supernet equals the per-edge one: logits, loss, gradients, BN state, Architect steps, state_dict."""
+"""The fused supernet equals the per-edge one: logits, loss, gradients, BN state, state_dict, op count."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from torch.func import functional_call, vmap
 
 from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.config import compose_config
-from unrealnas.nas.darts import Architect
 from unrealnas.nas.genotype import UNDECIDED, num_edges
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
 from unrealnas.nas.supernet import SuperNet
@@ -49,17 +48,33 @@ def assert_rel_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4, what: 
 
 
 def assert_same_grads(ref: SuperNet, fused: SuperNet, rel: float = 1e-4) -> None:
+    # SGAS decisions are op-weight rows in the fused network: a switched-off op runs with weight 0, so
+    # its weights get a zero gradient where the per-edge reference (which skips it) gets none
     grads = dict(fused.named_parameters())
     for name, p in ref.named_parameters():
         q = grads[name]
-        assert (p.grad is None) == (q.grad is None), f"{name}: gradient defined in one engine only"
-        if p.grad is not None:
+        if p.grad is None:
+            assert q.grad is None or not q.grad.any(), f"{name}: gradient through an op the reference skips"
+        else:
+            assert q.grad is not None, f"{name}: no gradient in the fused network"
             assert_rel_close(q.grad, p.grad, rel, name)
+
+
+def switched_off(net: SuperNet, name: str) -> bool:
+    """A parameter or buffer of an op an SGAS decision switched off (the engine puts those back)."""
+    parts = name.split(".")
+    if len(parts) < 6 or parts[0] != "cells" or parts[2] != "edges" or parts[4] != "ops":
+        return False
+    cell, edge, op = int(parts[1]), int(parts[3]), int(parts[5])
+    code = net.edge_ops("reduce" if net.cells[cell].reduction else "normal")[edge]
+    return code != UNDECIDED and op != code
 
 
 def assert_same_state(ref: SuperNet, fused: SuperNet, rel: float = 1e-5) -> None:
     other = fused.state_dict()
     for name, t in ref.state_dict().items():
+        if switched_off(ref, name):
+            continue
         if t.dtype == torch.long:
             assert torch.equal(other[name], t), name
         else:
@@ -84,10 +99,10 @@ def test_logits_loss_and_gradients_match_per_edge(decided, train):
     loss.backward()
     assert_same_grads(ref, fused)
     assert_same_state(ref, fused)
-    if decided:  # decided and pruned rows get no gradient through their ops' weights in either engine
+    if decided:  # decided and pruned rows move no weight of a switched-off op
         sep3 = PRIMITIVES.index("sep_conv_3x3")
         w = dict(fused.named_parameters())[f"cells.0.edges.1.ops.{sep3}.op.0.op.1.weight"]
-        assert w.grad is None  # edge 1 is decided to sep_conv_5x5: its sep3 never ran
+        assert not w.grad.any()  # edge 1 is decided to sep_conv_5x5: its sep3 ran with weight 0
 
 
 def test_bn_running_stats_and_weights_equal_after_sgd_steps():
@@ -107,26 +122,6 @@ def test_bn_running_stats_and_weights_equal_after_sgd_steps():
     ref.eval()
     fused.eval()
     assert_rel_close(fused(x), ref(x), 1e-4, "eval logits after training")
-
-
-@pytest.mark.parametrize("unrolled", [False, True], ids=["first_order", "second_order"])
-def test_architect_step_matches_per_edge(unrolled):
-    ref, fused = pair(decided=True)
-    steps = []
-    for net in (ref, fused):
-        opt = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, foreach=True)
-        arch = Architect(net, lr=0.05, unrolled=unrolled)
-        xt, yt = batch(seed=3)
-        net.loss(xt, yt).backward()  # a momentum buffer for the virtual step
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        before = [a.detach().clone() for a in net.arch_parameters()]
-        arch.step(*batch(seed=4), xt, yt, opt)
-        steps.append([a.detach() - b for a, b in zip(net.arch_parameters(), before, strict=True)])
-    for d_ref, d in zip(*steps, strict=True):
-        assert d_ref.abs().max() > 0
-        assert_rel_close(d, d_ref, 1e-3, "alpha step")
-    assert_same_state(ref, fused, rel=1e-4)  # same BN state: the virtual passes left it alone in both
 
 
 def test_state_dict_keys_shapes_and_cross_loading():
@@ -201,16 +196,29 @@ def test_forward_is_vmap_compatible_with_per_seed_buffers(fused_engine):
             assert_rel_close(buffers[k][i], v, 1e-5, k)
 
 
-def test_fused_first_order_iteration_on_paper_supernet_dispatches_at_most_6500_ops():
-    from unrealnas.benchmarks.search import build_search_bench, search_iteration
+@pytest.mark.parametrize(("method", "seeds", "limit"), [("darts", 1, 6_100), ("darts2", 1, 13_000)])
+def test_engine_iteration_on_paper_supernet_dispatches_at_most(method, seeds, limit):
+    """The paper supernet (8 cells, 16 channels): one engine iteration's aten ops (issue 18's numbers)."""
+    from unrealnas.benchmarks.search import build_engine_bench
 
-    cfg = compose_config(["preset=paper"])
-    device = torch.device("cpu")
-    b = build_search_bench(cfg.search, 10, 3, 32, device, "baseline", seed=0, batch_size=2)
-    assert b.model.fused and (b.model.layers, b.model.C) == (8, 16)
-    search_iteration(b, device)  # lazy state (plans, index tensors, momentum buffers)
-    counter = count_ops(lambda: search_iteration(b, device))
-    assert counter.total <= 6_500, counter.counts.most_common(20)
+    cfg = compose_config(["preset=paper", "device=cpu", "search.resolution=8"])  # ops do not depend on the side
+    b = build_engine_bench(cfg, method, seeds, torch.device("cpu"), 2)
+    assert (len(b.engine.net.cells), b.engine.net.C) == (8, 16)
+    b.step()  # lazy state (plans, index tensors, momentum buffers)
+    counter = count_ops(b.step)
+    assert counter.total <= limit, counter.counts.most_common(20)
+
+
+def test_five_packed_seeds_dispatch_at_most_1_15x_one():
+    from unrealnas.benchmarks.search import build_engine_bench
+
+    cfg = compose_config(["preset=paper", "device=cpu", "search.resolution=8"])
+    totals = []
+    for seeds in (1, 5):
+        b = build_engine_bench(cfg, "darts", seeds, torch.device("cpu"), 2)
+        b.step()
+        totals.append(count_ops(b.step).total)
+    assert totals[1] <= 1.15 * totals[0], totals
 
 
 def test_config_key_selects_the_engine_and_keeps_the_run_id():
@@ -233,21 +241,3 @@ def test_channels_last_matches_per_edge():
         net.loss(x, y).backward()
     assert_rel_close(fused(x), ref(x), 1e-4, "channels_last logits")
     assert_same_grads(ref, fused)
-
-
-def test_bench_search_rows_compare_engines_side_by_side():
-    from unrealnas.benchmarks import search as search_bench
-    from unrealnas.errors import ConfigError
-
-    cfg = compose_config(["preset=smoke", "search.layers=3", "search.init_channels=2", "search.batch_size=2",
-                          "search.resolution=8"])
-    rows = search_bench.bench_method(cfg, "darts", torch.device("cpu"), steps=1, warmup=0, compile_=False,
-                                     supernets=["per_edge", "fused"])
-    assert [(r["variant"], r["supernet"]) for r in rows] == [("baseline", "per_edge"), ("baseline", "fused"),
-                                                            ("optimised", "per_edge"), ("optimised", "fused")]
-    per_edge, fused = rows[0], rows[1]
-    assert fused["ops_per_iter"] < per_edge["ops_per_iter"] and 0 < fused["kernel_ops"] < fused["ops_per_iter"]
-    assert fused["ops_vs_per_edge"] == pytest.approx(per_edge["ops_per_iter"] / fused["ops_per_iter"])
-    assert fused["vs_per_edge"] > 0 and per_edge["vs_per_edge"] is None
-    with pytest.raises(ConfigError, match="unknown supernet"):
-        search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, supernets=["fast"])

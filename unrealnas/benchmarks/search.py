@@ -1,86 +1,88 @@
-"""Speed of the search loop: images/s of DARTS iterations and projected hours of a full paper search.
+"""Speed of the search engine: ops, seconds and images per iteration, and projected hours of a paper search.
 
-``unrealnas bench search [preset=paper] [steps=N] [warmup=N] [methods=darts,darts2] [compile=true]
-[supernet=per_edge,fused] [quick=true] [threads=N] [json=path] [device=...] [search.*=...]``
+``unrealnas bench search [preset=paper] [steps=N] [warmup=N] [methods=darts,darts2]
+[supernet=per_edge,fused] [packed=1,5] [precision=fp32,bf16] [graph=eager,graph] [compile=true]
+[quick=true] [threads=N] [json=path] [format=table|json] [device=...] [search.*=...]``
 
-What is timed: ``steps`` search iterations after ``warmup`` untimed ones, on the supernet of the
-composed config (paper: 8 cells, 16 channels, batch 64, 32x32 inputs, ``data.num_classes`` outputs)
-on ``device``. One iteration is what ``SearchRun.run`` does for one training batch after the warm-up
-epochs, with the same calls in the same order (``search_iteration`` mirrors its loop body): fetch a
-weight-step batch from a ``DeviceLoader`` and an architecture-step batch from the persistent
-validation stream (``same_flipped`` split over N(0,1) images held on the device), one
-``Architect.step`` (first order for ``darts``, the unrolled second-order step for ``darts2``), then
-one SGD weight step (forward, cross-entropy, backward, gradient clipping, ``optimizer.step``).
-Variants, each with a fresh supernet from the same seed:
+Every row times the engine's own iteration (:meth:`unrealnas.search.engine.SearchEngine.step`, the
+call the search loop makes per training batch after the warm-up epochs: architecture step, then
+weight step with clipping and SGD, for every packed seed) on the supernet of the composed config
+(paper: 8 cells, 16 channels, batch 64, 32x32 inputs) with synthetic device-resident data (N(0,1)
+images and random labels per seed, the ``same_flipped`` split: one training and one architecture
+batch per iteration). Rows, side by side:
 
-- ``baseline``: plain eager fp32: no channels_last, no autocast, no compile;
-- ``optimised``: channels_last and bf16 autocast as ``search.channels_last`` / ``search.amp`` select
-  (``auto``: both on CUDA, neither on CPU, so on CPU it is the baseline and is not re-measured;
-  the second-order hypergradient stays in fp32 either way, as ``Architect`` does by default);
-- ``compile`` (``compile=true``): the optimised variant with the weight-step forward
-  ``torch.compile``d, as ``search.compile=true`` does in ``SearchRun``.
+- ``supernet``: ``per_edge`` (the readable reference forward, one kernel per op per edge, inside the
+  same iteration: the plain baseline) and ``fused`` (the engine);
+- ``seeds``: the engine with S seeds packed (``packed=1,5``; per_edge runs one seed);
+- ``precision``: ``fp32`` (the default search) and ``bf16`` autocast (with channels_last on CUDA),
+  labelled as they run; bf16 rows only on CUDA unless asked for;
+- ``graph``: ``eager`` or ``graph`` (the iteration replayed as a CUDA graph; CUDA, first order only);
+- ``compile=true`` adds a fused S=1 row with the forward ``torch.compile``d.
 
-Each variant is measured for every supernet engine of ``supernet=`` (default ``search.supernet``);
-``supernet=per_edge,fused`` prints both side by side, with the fused/per-edge ratios of time and of
-``ops_per_iter``: the aten ops one more (uncounted in the timing) iteration dispatches, the
-device-independent cost (``benchmarks.opcount``); ``kernel_ops`` leaves out view/alias ops.
-
-Timing: wall clock over the timed iterations; on CUDA with CUDA events recorded between the phases
-(no host sync inside the loop) and one synchronize at the end. The architecture phase includes
-fetching both batches. ``images_per_s`` counts training-split images, as ``SearchRun`` logs it
-(each iteration also reads one validation batch). The projection is for a full paper search with
-the paper's schedule: 5 warm-up epochs (weight step only) + 50 search epochs, each of
-floor(25,000 / 64) iterations; when the measured batch differs from the paper's 64 (``quick`` on
-CPU) the per-image cost is scaled and the row says so. ``quick=true`` on CPU measures the paper
-supernet at batch 8 with 1 warm-up and 1 timed iteration (a paper iteration at batch 64 takes
-20-40 s on 2 cores and ~9 GB of memory, and much more on a loaded machine).
+``ops_per_iter`` is the number of aten ops one more (untimed, eager) iteration dispatches, counted
+with a ``TorchDispatchMode`` (:mod:`unrealnas.benchmarks.opcount`): the device-independent cost, one
+kernel launch or more each on a GPU; ``kernel_ops`` leaves out view/alias ops. A graph row's count
+is the eager iteration's (a replay is one launch). Ratios: ``vs_per_edge`` (time, and
+``ops_vs_per_edge``) against the per_edge row of the same method and precision; ``ops_vs_S1`` and
+``per_seed_vs_S1`` (time per seed) against the fused one-seed row. ``paper_search_h`` projects one
+paper search (``paper_seeds_h``: all S) at that cost: 5 warm-up + 50 search epochs x 390
+iterations, warm-up iterations counted at full cost (an upper bound), per-image scaled when the
+batch differs from the paper's 64 (``quick=true`` on CPU times batch 8: a paper iteration at batch
+64 takes tens of seconds on 2 cores). Timing is wall clock over ``steps`` iterations after
+``warmup`` untimed ones, with a device synchronize at both ends; measure alone on the machine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.benchmarks.opcount import count_ops
-from unrealnas.benchmarks.table import pop_options, report, set_threads
+from unrealnas.benchmarks.table import machine_info, pop_options, report, set_threads
 from unrealnas.config import compose_config
 from unrealnas.config.schema import DataConfig, SearchConfig
 from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
-from unrealnas.nas.darts import Architect
+from unrealnas.io import write_json_atomic
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import autocast_for, resolve_device, use_channels_last
-from unrealnas.search.run import ValStream
+from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
+from unrealnas.search.state import ValStream
 
-VARIANTS = ("baseline", "optimised", "compile")
-METHODS = ("darts", "darts2")
+METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
 SUPERNETS = ("per_edge", "fused")
+PRECISIONS = ("fp32", "bf16")
+GRAPHS = ("eager", "graph")
 QUICK_CPU_BATCH = 8
 OPTIONS: dict[str, tuple[type, Any]] = {
     "quick": (bool, False), "steps": (int, None), "warmup": (int, None), "methods": (str, "darts,darts2"),
-    "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, None),
-    "packed": (str, "1,5")}  # packed-seed rows (unrealnas.benchmarks.packed); packed=null skips them
+    "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, "per_edge,fused"),
+    "packed": (str, "1,5"), "precision": (str, None), "graph": (str, None), "format": (str, "table")}
 
 
 @dataclass
-class SearchBench:
-    """One supernet with its optimizers and data streams, set up as ``SearchRun`` sets it up."""
+class EngineBench:
+    """An engine over fresh seeded supernets, with endless synthetic batch streams per seed."""
 
-    model: SuperNet
-    forward: Callable[[torch.Tensor], torch.Tensor]
-    optimizer: torch.optim.Optimizer
-    architect: Architect
-    train_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
-    val: ValStream
-    amp: str
-    channels_last: bool
-    grad_clip: float
+    engine: SearchEngine
+    train: list[Iterator[tuple[torch.Tensor, torch.Tensor]]]
+    val: list[ValStream]
+
+    def step(self) -> None:
+        """One search iteration (search epochs: architecture step, then weight step)."""
+        e = self.engine
+        x, y = e.stack([next(t) for t in self.train])
+        xv, yv = e.stack([next(v) for v in self.val])
+        e.step(x, y, xv, yv)
 
 
 def _cycle_epochs(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -90,98 +92,61 @@ def _cycle_epochs(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch += 1
 
 
-def build_search_bench(s: DictConfig | SearchConfig, num_classes: int, in_channels: int, resolution: int,
-                       device: torch.device, variant: str, seed: int = 0, batch_size: int | None = None) -> SearchBench:
-    """A fresh supernet (seeded), SGD + Architect and device-resident batches for one timing variant."""
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    batch = int(batch_size or s.batch_size)
-    # enough N(0,1) images (RLRN-like) that the streams cross epoch boundaries as a real run does
-    n = 8 * batch
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, in_channels, resolution, resolution, generator=g).to(torch.float16)
-    labels = torch.randint(0, num_classes, (n,), generator=g)
-    data = SplitData(images.to(device), labels.to(device), {"normalization": None})
-    train_loader, val_loader = search_loaders(data, batch, seed, "same_flipped", 0.5)
-    torch.manual_seed(seed)
-    model = SuperNet(s.init_channels, num_classes, s.layers, s.nodes, s.stem_multiplier, s.alpha_init,
-                     in_channels=in_channels, fused=s.supernet == "fused").to(device)
-    optimised = variant != "baseline"
-    channels_last = optimised and use_channels_last(device, s.channels_last)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum, weight_decay=0.0,
-                                foreach=True)
-    architect = Architect(model, lr=s.arch_lr, betas=tuple(s.arch_betas), weight_decay=0.0,
-                          unrolled=s.method == "darts2")
-    forward = torch.compile(model) if variant == "compile" else model
-    return SearchBench(model, forward, optimizer, architect, _cycle_epochs(train_loader), ValStream(val_loader),
-                       s.amp if optimised else "off", channels_last, float(s.grad_clip))
+def build_engine_bench(cfg: DictConfig, method: str, seeds: int, device: torch.device, batch: int | None = None,
+                       supernet: str = "fused", precision: str = "fp32", graph: bool = False,
+                       compile_: bool = False) -> EngineBench:
+    """The engine of ``cfg.search`` for ``seeds`` fresh supernets (seed s initialised and fed as seed=s would be)."""
+    s = cfg.search
+    batch = int(batch or s.batch_size)
+    side = int(s.resolution or cfg.data.resolution)
+    classes, channels = int(cfg.data.num_classes), int(cfg.data.channels)
+    states, trains, vals = [], [], []
+    for seed in range(seeds):
+        g = torch.Generator().manual_seed(seed)
+        n = 8 * batch  # enough that the streams cross epoch boundaries, as a real run does
+        images = torch.randn(n, channels, side, side, generator=g).to(torch.float16)
+        data = SplitData(images.to(device), torch.randint(0, classes, (n,), generator=g).to(device),
+                         {"normalization": None})
+        train, val = search_loaders(data, batch, seed, "same_flipped", 0.5)
+        trains.append(_cycle_epochs(train))
+        vals.append(ValStream(val))
+        torch.manual_seed(seed)
+        model = SuperNet(s.init_channels, classes, s.layers, s.nodes, s.stem_multiplier, s.alpha_init,
+                         in_channels=channels, fused=supernet == "fused").to(device)
+        states.append(SeedState(model, torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum),
+                                torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas))))
+    bf16 = precision == "bf16"
+    settings = StepSettings(method, float(s.grad_clip), "bf16" if bf16 else "off",
+                            bf16 and use_channels_last(device, "auto"), "on" if graph else "off", compile_, supernet)
+    return EngineBench(SearchEngine(states, settings, device), trains, vals)
 
 
-def search_iteration(b: SearchBench, device: torch.device, mark: Callable[[], None] = lambda: None) -> None:
-    """One search iteration exactly as ``SearchRun.run``'s loop body (search epochs); ``mark`` splits the phases."""
-    x, y = next(b.train_batches)
-    if b.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    xv, yv = next(b.val)
-    if b.channels_last:
-        xv = xv.contiguous(memory_format=torch.channels_last)
-    with autocast_for(device, b.amp):
-        b.architect.step(xv, yv, x, y, b.optimizer)
-    mark()
-    b.optimizer.zero_grad(set_to_none=True)
-    with autocast_for(device, b.amp):
-        logits = b.forward(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(b.model.weight_parameters(), b.grad_clip)
-    b.optimizer.step()
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-class PhaseTimer:
-    """Per-phase times of a run of iterations: CUDA events on a GPU (no host sync), perf_counter on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.marks: list[Any] = []
-
-    def mark(self) -> None:
-        """Record a time point."""
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
-
-    def seconds(self) -> list[float]:
-        """Seconds between consecutive marks (synchronizes once on CUDA)."""
-        if self.cuda:
-            torch.cuda.synchronize()
-            return [a.elapsed_time(b) / 1000.0 for a, b in zip(self.marks, self.marks[1:], strict=False)]
-        return [b - a for a, b in zip(self.marks, self.marks[1:], strict=False)]
-
-
-def time_search_iterations(b: SearchBench, device: torch.device, steps: int, warmup: int) -> dict[str, float]:
-    """Seconds per iteration (total, architecture phase, weight phase) over ``steps`` timed iterations."""
+def measure(b: EngineBench, device: torch.device, steps: int, warmup: int, count: bool = True) -> dict[str, Any]:
+    """Seconds per iteration over ``steps`` after ``warmup`` untimed ones; ops of one more eager iteration."""
     if steps < 1:
         raise ConfigError(f"steps={steps}: time at least one iteration")
     for _ in range(warmup):
-        search_iteration(b, device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    timer = PhaseTimer(device)
-    timer.mark()
-    wall = time.perf_counter()
+        b.step()
+    _sync(device)
+    t0 = time.perf_counter()
     for _ in range(steps):
-        search_iteration(b, device, timer.mark)
-        timer.mark()
-    gaps = timer.seconds()
-    wall = time.perf_counter() - wall
-    arch, weight = sum(gaps[0::2]), sum(gaps[1::2])
-    return {"s_per_iter": (arch + weight) / steps, "arch_s": arch / steps, "weight_s": weight / steps,
-            "wall_s": wall}
+        b.step()
+    _sync(device)
+    out: dict[str, Any] = {"s_per_iter": (time.perf_counter() - t0) / steps}
+    out["ops_per_iter"] = out["kernel_ops"] = None
+    if count:
+        graphed, b.engine.graphed = b.engine.graphed, None  # count the eager iteration the graph replays
+        try:
+            ops = count_ops(b.step)
+        finally:
+            b.engine.graphed = graphed
+        out["ops_per_iter"], out["kernel_ops"] = ops.total, ops.total - ops.metadata
+    return out
 
 
 def paper_schedule() -> dict[str, int]:
@@ -192,92 +157,11 @@ def paper_schedule() -> dict[str, int]:
             "iters_per_epoch": n_train // s.batch_size, "train_images": n_train}
 
 
-def project_paper_hours(arch_s: float, weight_s: float, batch_size: int) -> float:
-    """Hours of a full paper search at these per-iteration costs (scaled per image if the batch differs)."""
+def paper_hours(s_per_iter: float, batch: int) -> float:
+    """Hours of one paper search schedule at ``s_per_iter`` (warm-up iterations at full cost; per-image scaled)."""
     p = paper_schedule()
-    scale = p["batch_size"] / batch_size
-    per_search_iter, per_warmup_iter = (arch_s + weight_s) * scale, weight_s * scale
-    seconds = p["iters_per_epoch"] * (p["search_epochs"] * per_search_iter + p["warmup_epochs"] * per_warmup_iter)
-    return seconds / 3600.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def count_iteration_ops(b: SearchBench, device: torch.device) -> tuple[int, int]:
-    """(aten ops dispatched, kernel ops = those less view/alias ops) by one more search iteration."""
-    counter = count_ops(lambda: search_iteration(b, device))
-    return counter.total, counter.total - counter.metadata
-
-
-def bench_method(cfg: DictConfig, method: str, device: torch.device, steps: int, warmup: int, compile_: bool,
-                 batch_size: int | None = None, say: Callable[[str], None] = lambda _m: None,
-                 supernets: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows for one method: baseline, optimised (re-measured only where it differs), compile if asked,
-    each for every supernet engine in ``supernets`` (default: ``search.supernet``)."""
-    s = cfg.search.copy()
-    s.method = method
-    resolution = int(cfg.search.resolution or cfg.data.resolution)
-    batch = int(batch_size or s.batch_size)
-    optimised_differs = use_channels_last(device, s.channels_last) or amp_enabled(device, s.amp)
-    variants = ["baseline", "optimised"] + (["compile"] if compile_ else [])
-    engines = supernets or [str(s.supernet)]
-    rows: list[dict[str, Any]] = []
-    base: dict[str, dict[str, float]] = {}
-    per_edge: dict[str, dict[str, float]] = {}
-    for variant in variants:
-        for engine in engines:
-            rows.append(_bench_row(cfg, s, method, variant, engine, device, steps, warmup, batch, resolution,
-                                   optimised_differs, base, per_edge, say))
-    return rows
-
-
-def _bench_row(cfg: DictConfig, s: DictConfig, method: str, variant: str, engine: str, device: torch.device,
-               steps: int, warmup: int, batch: int, resolution: int, optimised_differs: bool,
-               base: dict[str, dict[str, float]], per_edge: dict[str, dict[str, float]],
-               say: Callable[[str], None]) -> dict[str, Any]:
-    # base: the baseline timing per engine; per_edge: the per_edge timing per variant (for the ratios)
-    note = ""
-    if variant == "optimised" and not optimised_differs:
-        t = dict(base.get(engine, {}))
-        note = f"= baseline, not re-measured: amp={s.amp}, channels_last={s.channels_last} are off on {device.type}"
-    else:
-        say(f"bench search: {method} {variant} {engine} on {device} (batch {batch}, {warmup} warm-up + {steps} steps)")
-        s.supernet = engine
-        b = build_search_bench(s, int(cfg.data.num_classes), int(cfg.data.channels), resolution, device, variant,
-                               int(cfg.seed), batch)
-        # compiling happens in the first calls: give it at least two untimed iterations
-        t = time_search_iterations(b, device, steps, max(warmup, 2) if variant == "compile" else warmup)
-        # a dispatch mode does not see inside compiled graphs: no count for the compile variant
-        t["ops_per_iter"], t["kernel_ops"] = count_iteration_ops(b, device) if variant != "compile" else (None, None)
-        del b
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    if variant == "baseline":
-        base[engine] = t
-    if engine == "per_edge":
-        per_edge[variant] = t
-    ref = per_edge.get(variant)
-    if batch != paper_schedule()["batch_size"]:
-        note = (note + "; " if note else "") + f"batch {batch}: projection scaled per image to batch 64"
-    b0 = base.get(engine)
-    return {
-        "method": method, "variant": variant, "supernet": engine, "device": str(device), "batch": batch,
-        "steps": steps, "s_per_iter": t["s_per_iter"], "arch_s": t["arch_s"], "weight_s": t["weight_s"],
-        "images_per_s": batch / t["s_per_iter"],
-        "ops_per_iter": t.get("ops_per_iter"), "kernel_ops": t.get("kernel_ops"),
-        "vs_baseline": (b0["s_per_iter"] / t["s_per_iter"]) if b0 else None,
-        "vs_per_edge": (ref["s_per_iter"] / t["s_per_iter"]) if ref and engine != "per_edge" else None,
-        "ops_vs_per_edge": (ref["ops_per_iter"] / t["ops_per_iter"])
-        if ref and engine != "per_edge" and ref.get("ops_per_iter") and t.get("ops_per_iter") else None,
-        "paper_search_h": project_paper_hours(t["arch_s"], t["weight_s"], batch),
-        "amp": "bf16" if variant != "baseline" and amp_enabled(device, s.amp) else "off",
-        "channels_last": variant != "baseline" and use_channels_last(device, s.channels_last),
-        "note": note,
-    }
+    iters = p["iters_per_epoch"] * (p["warmup_epochs"] + p["search_epochs"])
+    return iters * s_per_iter * p["batch_size"] / batch / 3600.0
 
 
 def amp_enabled(device: torch.device, amp: str) -> bool:
@@ -285,33 +169,112 @@ def amp_enabled(device: torch.device, amp: str) -> bool:
     return not isinstance(autocast_for(device, amp), contextlib.nullcontext)
 
 
-def run_search_benchmark(cfg: DictConfig, methods: list[str], steps: int, warmup: int, compile_: bool = False,
-                         batch_size: int | None = None, say: Callable[[str], None] = lambda _m: None,
-                         supernets: list[str] | None = None) -> list[dict[str, Any]]:
-    """Rows of every (method, variant, supernet engine) measured on ``cfg.device``."""
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method {m!r} for bench search; choose from {', '.join(METHODS)}")
-    for e in supernets or []:
-        if e not in SUPERNETS:
-            raise ConfigError(f"unknown supernet {e!r} for bench search; choose from {', '.join(SUPERNETS)}")
-    device = resolve_device(cfg.device)
-    rows = []
+def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precisions: list[str], graphs: list[str],
+              device: torch.device, compile_: bool) -> list[dict[str, Any]]:
+    """The (method, supernet, seeds, precision, graph, compile) combinations one run measures, in print order."""
+    out = []
     for method in methods:
-        rows += bench_method(cfg, method, device, steps, warmup, compile_, batch_size, say, supernets)
+        for precision in precisions:
+            for supernet in supernets:
+                for S in ([1] if supernet == "per_edge" else seeds):
+                    for graph in graphs:
+                        if graph == "graph" and (device.type != "cuda" or method == "darts2"
+                                                 or supernet == "per_edge"):
+                            continue
+                        out.append({"method": method, "supernet": supernet, "seeds": S, "precision": precision,
+                                    "graph": graph, "compile": False})
+            if compile_:
+                out.append({"method": method, "supernet": "fused", "seeds": 1, "precision": precision,
+                            "graph": "eager", "compile": True})
+    return out
+
+
+def run_search_benchmark(cfg: DictConfig, methods: list[str], steps: int, warmup: int, batch: int | None = None,
+                         supernets: list[str] | None = None, seeds: list[int] | None = None,
+                         precisions: list[str] | None = None, graphs: list[str] | None = None, compile_: bool = False,
+                         say: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
+    """Rows of every planned combination measured on ``cfg.device``, with their ratios."""
+    device = resolve_device(cfg.device)
+    supernets = supernets or list(SUPERNETS)
+    seeds = seeds or [1]
+    precisions = precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
+    graphs = graphs or (["eager", "graph"] if device.type == "cuda" else ["eager"])
+    for name, given, valid in (("methods", methods, METHODS), ("supernet", supernets, SUPERNETS),
+                               ("precision", precisions, PRECISIONS), ("graph", graphs, GRAPHS)):
+        bad = [v for v in given if v not in valid]
+        if bad:
+            raise ConfigError(f"bench search {name}={','.join(given)}: {bad[0]!r} is not one of {', '.join(valid)}")
+    if any(n < 1 for n in seeds):
+        raise ConfigError(f"bench search packed={seeds}: seed counts are 1 or more")
+    batch = int(batch or cfg.search.batch_size)
+    rows: list[dict[str, Any]] = []
+    for combo in plan_rows(methods, supernets, seeds, precisions, graphs, device, compile_):
+        say(f"bench search: {combo['method']} {combo['supernet']} S={combo['seeds']} {combo['precision']} "
+            f"{combo['graph']}{' compile' if combo['compile'] else ''} on {device} (batch {batch} per seed)")
+        b = build_engine_bench(cfg, combo["method"], combo["seeds"], device, batch, combo["supernet"],
+                               combo["precision"], combo["graph"] == "graph", combo["compile"])
+        # graph capture (and its self-check) and compilation happen in the first calls: untimed
+        t = measure(b, device, steps, max(warmup, 4) if combo["graph"] == "graph" or combo["compile"] else warmup,
+                    count=not combo["compile"])  # a dispatch mode does not see inside compiled graphs
+        graph_outcome = b.engine.record()["cuda_graph"]
+        del b
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        S = combo["seeds"]
+        rows.append({**combo, "engine": "per_edge" if combo["supernet"] == "per_edge" else "engine",
+                     "device": str(device), "batch": batch, "steps": steps, **t,
+                     "images_per_s": S * batch / t["s_per_iter"], "paper_search_h": paper_hours(t["s_per_iter"] / S,
+                                                                                                 batch),
+                     "paper_seeds_h": paper_hours(t["s_per_iter"], batch),
+                     "note": _note(combo, batch, graph_outcome)})
+    _ratios(rows)
     return rows
 
 
-COLUMNS = ("method", "variant", "supernet", "amp", "channels_last", "device", "batch", "steps", "ops_per_iter",
-           "kernel_ops", "ops_vs_per_edge", "s_per_iter", "arch_s", "weight_s", "images_per_s", "vs_baseline",
-           "vs_per_edge", "paper_search_h", "note")
+def _note(combo: dict[str, Any], batch: int, graph: dict[str, Any]) -> str:
+    notes = []
+    if batch != paper_schedule()["batch_size"]:
+        notes.append(f"batch {batch}: projection scaled per image to batch 64")
+    if combo["graph"] == "graph" and graph.get("cuda_graph") != "used":
+        notes.append(f"graph {graph.get('cuda_graph')}: {graph.get('reason')}")
+    if combo["compile"]:
+        notes.append("torch.compile'd forward: no op count")
+    return "; ".join(notes)
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    def find(r: dict[str, Any], **want: Any) -> dict[str, Any] | None:
+        keys = ("method", "precision")
+        return next((o for o in rows if all(o[k] == r[k] for k in keys) and all(o[k] == v for k, v in want.items())),
+                    None)
+
+    for r in rows:
+        pe = find(r, supernet="per_edge", graph="eager", compile=False)
+        one = find(r, supernet="fused", seeds=1, graph="eager", compile=False)
+        r["vs_per_edge"] = pe["s_per_iter"] / r["s_per_iter"] if pe and r["supernet"] != "per_edge" else None
+        r["ops_vs_per_edge"] = (pe["ops_per_iter"] / r["ops_per_iter"]
+                                if pe and r["supernet"] != "per_edge" and r["ops_per_iter"] else None)
+        r["ops_vs_S1"] = (r["ops_per_iter"] / one["ops_per_iter"]
+                          if one and r["supernet"] == "fused" and r["ops_per_iter"] else None)
+        r["per_seed_vs_S1"] = (one["s_per_iter"] / (r["s_per_iter"] / r["seeds"])
+                               if one and r["supernet"] == "fused" else None)
+
+
+COLUMNS = ("method", "engine", "seeds", "precision", "graph", "device", "batch", "ops_per_iter", "kernel_ops",
+           "ops_vs_per_edge", "ops_vs_S1", "s_per_iter", "images_per_s", "vs_per_edge", "per_seed_vs_S1",
+           "paper_search_h", "paper_seeds_h", "note")
+
+
+def _list(raw: Any) -> list[str] | None:
+    return [v.strip() for v in str(raw).split(",") if v.strip()] if raw not in (None, "", "none", "null") else None
 
 
 def main(overrides: list[str]) -> int:
-    """``unrealnas bench search``: time the search iterations and print the table."""
-    import sys
-
+    """``unrealnas bench search``: time the engine's iterations and print the table (or JSON rows)."""
     opts, rest = pop_options(overrides, OPTIONS)
+    if opts["format"] not in ("table", "json"):
+        raise ConfigError(f"bench search format={opts['format']}: choose table or json")
     set_threads(opts["threads"])
     cfg = compose_config(rest)
     device = resolve_device(cfg.device)
@@ -320,25 +283,29 @@ def main(overrides: list[str]) -> int:
     steps = opts["steps"] or (1 if cpu else 5 if quick else 20)
     warmup = opts["warmup"] if opts["warmup"] is not None else (1 if cpu else 2 if quick else 3)
     batch = QUICK_CPU_BATCH if (quick and cpu) else None
-    methods = [m.strip() for m in str(opts["methods"]).split(",") if m.strip()]
+    methods = _list(opts["methods"]) or ["darts"]
+    seeds = [int(v) for v in (_list(opts["packed"]) or ["1"])]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    supernets = [e.strip() for e in str(opts["supernet"]).split(",") if e.strip()] if opts["supernet"] else None
-    rows = run_search_benchmark(cfg, methods, steps, warmup, opts["compile"], batch, say, supernets)
+    rows = run_search_benchmark(cfg, methods, steps, warmup, batch, _list(opts["supernet"]), seeds,
+                                _list(opts["precision"]), _list(opts["graph"]), bool(opts["compile"]), say)
     p = paper_schedule()
     notes = [f"preset={cfg.preset}: supernet {cfg.search.layers} cells, {cfg.search.init_channels} channels, "
-             f"{cfg.search.resolution or cfg.data.resolution}x{cfg.search.resolution or cfg.data.resolution}, "
-             f"{cfg.data.num_classes} classes; {warmup} warm-up + {steps} timed iterations per row",
-             "images_per_s: training-split images per second (each iteration also reads one validation batch)",
-             "ops_per_iter: aten ops one iteration dispatches (each at least one kernel launch on a GPU); "
-             "kernel_ops: those less view/alias ops; ops_vs_per_edge, vs_per_edge: per_edge / this row",
-             f"paper_search_h: {p['warmup_epochs']} warm-up epochs (weight step only) + {p['search_epochs']} search "
-             f"epochs x {p['iters_per_epoch']} iterations (25k train images, batch {p['batch_size']})"]
+             f"{cfg.search.resolution or cfg.data.resolution} px, {cfg.data.num_classes} classes; {warmup} warm-up + "
+             f"{steps} timed iterations per row; every row runs SearchEngine.step (the search loop's call)",
+             "ops_per_iter: aten ops one eager iteration dispatches (device-independent); kernel_ops: less view/alias "
+             "ops; vs_per_edge, ops_vs_per_edge: per_edge / this row; ops_vs_S1: this row / fused S=1; "
+             "per_seed_vs_S1: time per seed, fused S=1 / this row",
+             f"paper_search_h: one search, {p['warmup_epochs']} + {p['search_epochs']} epochs x {p['iters_per_epoch']} "
+             "iterations, warm-up at full cost (upper bound); paper_seeds_h: all S packed seeds"]
     if cfg.preset != "paper":
-        notes.append(f"preset={cfg.preset}: paper_search_h uses this preset's iteration cost, not the paper supernet's")
-    report("search", rows, COLUMNS, opts["json"], notes,
-           meta={"preset": cfg.preset, "steps": steps, "warmup": warmup, "quick": quick})
-    if opts["packed"]:
-        from unrealnas.benchmarks.packed import report_packed
-
-        report_packed(cfg, device, str(opts["packed"]), steps, warmup, batch, opts["json"], say)
+        notes.append(f"preset={cfg.preset}: the projections use this preset's iteration cost, not the paper's")
+    meta = {"preset": cfg.preset, "steps": steps, "warmup": warmup, "quick": quick,
+            "config": OmegaConf.to_container(cfg.search, resolve=True)}
+    if opts["format"] == "json":  # rows only on stdout: for scripts (``| jq``)
+        doc = {"benchmark": "search", "meta": {**machine_info(), **meta}, "rows": rows, "notes": notes}
+        print(json.dumps(doc, indent=1, default=str))
+        if opts["json"]:
+            write_json_atomic(Path(opts["json"]), doc)
+        return 0
+    report("search", rows, COLUMNS, opts["json"], notes, meta=meta)
     return 0

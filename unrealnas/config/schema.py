@@ -191,7 +191,7 @@ class AnalysisConfig:
 class Config:
     preset: str = "paper"  # paper (the paper's sizes) | smoke (seconds to minutes on 2 CPU cores)
     seed: int = 0  # master seed; every random stream is derived from it
-    seeds: Optional[list[int]] = None  # search only: these seeds packed into one process and network (unrealnas.search.packed)
+    seeds: Optional[list[int]] = None  # search only: these seeds packed into one process and network (unrealnas.search.engine)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -1,6 +1,6 @@
 """``launcher.pack_seeds``: the seeds of one (method, dataset, classes) search cell as packed tasks.
 
-A packed task runs ``unrealnas search 'seeds=[a,b,...]'`` (:mod:`unrealnas.search.packed`): one
+A packed task runs ``unrealnas search 'seeds=[a,b,...]'`` (:mod:`unrealnas.search.engine`): one
 process and one seed-stacked network for up to ``pack_seeds`` seeds, writing the same run
 directories as the per-seed tasks would (so status and tables still see one run per seed).
 
@@ -47,7 +47,7 @@ def resolve_pack_seeds(cfg: DictConfig, launcher: DictConfig | None = None) -> i
 def pack_search_tasks(cell_overrides: Sequence[str], seeds: Sequence[int], run_dirs: Sequence[Path], group: str,
                       pack: int, method: str) -> list[Task]:
     """The search tasks of one cell: chunks of ``pack`` seeds (``seeds=[...]``), single seeds as ``seed=N``."""
-    if method in ("darts2", "random"):  # per-seed second-order steps; a sampled cell has no iterations
+    if method == "random":  # a sampled cell has no iterations to share
         pack = 1
     tasks = []
     for i in range(0, len(seeds), pack):

@@ -172,7 +172,7 @@ def run_dir_of(verb: str, cfg: Any) -> Path | None:
 
             return dataset_dir(cfg).absolute()
         if verb == "search":
-            from unrealnas.search.packed import packed_seeds, seed_config
+            from unrealnas.search.engine import packed_seeds, seed_config
             from unrealnas.search.run import search_run_dir
 
             seeds = packed_seeds(cfg)  # packed seeds: the first seed's run (the one run_search returns)

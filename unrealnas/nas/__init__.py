@@ -1,8 +1,8 @@
-"""The DARTS search space: op registry, genotypes, supernet, DARTS and SGAS search steps.
+"""The DARTS search space: op registry, genotypes, the (seed-stackable) supernet, SGAS decisions.
 
 ``ops`` and ``genotype`` are light (no supernet); import the heavier modules explicitly:
-``from unrealnas.nas.supernet import SuperNet``, ``from unrealnas.nas.darts import Architect``,
-``from unrealnas.nas.sgas import SGASState``.
+``from unrealnas.nas.supernet import SuperNet``, ``from unrealnas.nas.sgas import SGASState``.
+The search step itself is ``unrealnas.search.engine``.
 """
 
 from unrealnas.nas.genotype import (

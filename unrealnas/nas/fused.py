@@ -28,17 +28,17 @@ padding 4, as dil_conv_5x5. ``none`` is never computed. Non-affine BN normalises
 own batch statistics, so one BN over the stacked channels is the per-edge math; in training the
 running statistics of every per-edge BN module are updated from the batch statistics once per
 forward (``BatchNormStats``). The op weights enter only through the matmul's coefficients, one
-linear map of softmax(alpha) per cell type (``CellPlan.coefficients``). SGAS-decided edges run their
-one op alone (weight 1) and pruned edges not at all, as in the per-edge cell; with explicit
-``op_weights`` every edge is fused, with no branching on decisions.
+linear map of the (edges, ops) op weights per cell type (``CellPlan.coefficients``). Every edge is
+fused: SGAS decisions are op-weight rows (a decided edge a one-hot row, a pruned edge a zero row),
+so the network never branches on them and one captured graph serves every decision state.
 
-Packed seeds (``unrealnas.search.packed_net``, ``seeds`` = S > 1) run this same computation with the
+Packed seeds (``SuperNet.pack``, ``seeds`` = S > 1) run this same computation with the
 seed axis folded into every channel block: a block of C channels becomes S*C, seed-major (``[edge,
 seed, C]`` in a group's stack), so the depthwise convs are unchanged, the pointwise and
 FactorizedReduce convs get S times the groups (a packed conv's weight is already seed-major), one BN
 still covers the stack, and the weighted op sum is one batched matmul over seeds, (S, slots, rows) @
 (S, rows, N*C*H*W), each seed with its own op weights. Only the FactorizedReduce halves and a cell's
-node concat are reordered per seed (``cat_per_seed``). Every edge is fused (decisions are op-weight rows).
+node concat are reordered per seed (``cat_per_seed``).
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unrealnas.nas.genotype import UNDECIDED
-from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES, FactorizedReduce, ReLUConvBN
+from unrealnas.nas.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 _OP = {name: PRIMITIVES.index(name) for name in PRIMITIVES}
 SEP3, SEP5, DIL3, DIL5 = _OP["sep_conv_3x3"], _OP["sep_conv_5x5"], _OP["dil_conv_3x3"], _OP["dil_conv_5x5"]
@@ -217,11 +216,10 @@ class Group:
 
 @dataclass
 class CellPlan:
-    """Which edges of a cell are fused (in which group), which run one decided op, and the weight map."""
+    """The fused groups of a cell (every edge, grouped by the state it reads) and the op-weight map."""
 
     nodes: int
     groups: list[Group]
-    single: list[tuple[int, int]]  # (edge, op) of SGAS-decided edges, run alone with weight 1
     # per training mode: nonzero entries of the weight map, (row of coef, edge*ops+op), and per group
     # the size of its (slots, rows [+ sources]) coefficient block
     coef_index: dict[bool, list[tuple[int, int]]]
@@ -236,7 +234,7 @@ class CellPlan:
 
     def coefficients(self, w: torch.Tensor, training: bool) -> list[torch.Tensor]:
         """Per group its (slots, rows [+ sources]) weights of ``z`` [and the identity skips], from w (edges, ops);
-        from packed seeds' w (S, edges, ops) one (S, slots, rows [+ sources]) block per group."""
+        from packed seeds' w (S > 1, edges, ops) one (slots, rows [+ sources], S) block per group."""
         key = (w.device, w.dtype, training)
         gmap = self.maps.get(key)
         if gmap is None:
@@ -244,29 +242,25 @@ class CellPlan:
             for r, c in self.coef_index[training]:
                 gmap[r, c] = 1.0
             gmap = self.maps[key] = gmap.to(w.device)
-        if w.dim() == 3:  # packed seeds: one weight map application per seed, as one matmul
-            flat = torch.mm(w.reshape(w.shape[0], -1), gmap.t()).split(self.coef_sizes[training], dim=1)
-            return [f.reshape(w.shape[0], self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
+        if w.dim() == 3 and w.shape[0] > 1:  # packed seeds: every seed's weight map application as one matmul, seeds innermost
+            flat = torch.mm(gmap, w.reshape(w.shape[0], -1).t()).split(self.coef_sizes[training])
+            return [f.view(self.nodes - g.node0, -1, w.shape[0]) for f, g in zip(flat, self.groups, strict=True)]
         flat = torch.mv(gmap, w.reshape(-1)).split(self.coef_sizes[training])
         return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
 
 
-def make_plan(nodes: int, reduction: bool, edge_ops: Sequence[int], n_ops: int) -> CellPlan:
-    """The fused layout of a cell for SGAS codes ``edge_ops`` (all UNDECIDED: every edge fused)."""
+def make_plan(nodes: int, reduction: bool, n_ops: int) -> CellPlan:
+    """The fused layout of a cell: its edges grouped by the state they read."""
     edge_of: dict[tuple[int, int], int] = {}  # (node i, state j) -> edge, numbered as in SearchCell
     for i in range(nodes):
         for j in range(i + 2):
             edge_of[(i, j)] = len(edge_of)
-    single = [(e, edge_ops[e]) for e in edge_of.values() if edge_ops[e] not in (UNDECIDED, NONE_INDEX)]
     groups: list[Group] = []
     coef_index: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
     coef_sizes: dict[bool, list[int]] = {True: [], False: []}
     for sources in [(0, 1)] + [(s,) for s in range(2, nodes + 1)]:
         node0 = 0 if sources == (0, 1) else sources[0] - 1
-        members = sorted((e, sources.index(j), i) for (i, j), e in edge_of.items()
-                         if j in sources and edge_ops[e] == UNDECIDED)
-        if not members:
-            continue
+        members = sorted((e, sources.index(j), i) for (i, j), e in edge_of.items() if j in sources)
         stride = 2 if reduction and sources == (0, 1) else 1
         g = Group(sources, tuple(m[0] for m in members), tuple(m[1] for m in members), node0, stride)
         slots = nodes - node0
@@ -283,7 +277,7 @@ def make_plan(nodes: int, reduction: bool, edge_ops: Sequence[int], n_ops: int) 
                     index.append((row0 + (node - node0) * width + len(rows) + pos, edge * n_ops + SKIP))
             coef_sizes[training].append(slots * width)
         groups.append(g)
-    return CellPlan(nodes, groups, single, coef_index, coef_sizes)
+    return CellPlan(nodes, groups, coef_index, coef_sizes)
 
 
 # ----------------------------------------------------------------------------- weights
@@ -329,13 +323,12 @@ class CellModules:
     fr: list[nn.Module]  # FactorizedReduce convs of the strided group (conv_1, conv_2 per edge)
     groups: list[_GroupModules]
     pre_bn: list[nn.BatchNorm2d]
-    single: list[tuple[int, int, nn.Module]]  # (node, source state, op module) of decided edges
 
 
 def cell_modules(cell: nn.Module, plan: CellPlan, seeds: int = 1) -> CellModules:
     """The modules of ``cell`` that ``plan`` fuses, cached on the plan (module lookups cost Python time).
 
-    ``seeds``: the cell's modules are packed seeds' (``unrealnas.search.packed_net``), S*C channels each.
+    ``seeds``: the cell's modules are packed seeds' (``SuperNet.pack``), S*C channels each.
     """
     cm = plan.modules.get(cell)
     if cm is not None:
@@ -367,11 +360,9 @@ def cell_modules(cell: nn.Module, plan: CellPlan, seeds: int = 1) -> CellModules
         if not isinstance(m, FactorizedReduce | ReLUConvBN):
             raise TypeError(f"the fused supernet preprocesses with ReLUConvBN or FactorizedReduce, got {m}")
         pre_bn.append(m.bn if isinstance(m, FactorizedReduce) else m.op[2])
-    edge_src = [(i, j) for i in range(plan.nodes) for j in range(i + 2)]
-    single = [(*edge_src[e], cell.edges[e].ops[op]) for e, op in plan.single]
     cm = plan.modules[cell] = CellModules(
         [a for a, _ in pairs], [b for _, b in pairs], [2 * len(ops) * C for _ in kinds for ops in per_group],
-        pw, [s * C for ops in per_group for s in (2 * len(ops), 4 * len(ops))], fr, groups, pre_bn, single)
+        pw, [s * C for ops in per_group for s in (2 * len(ops), 4 * len(ops))], fr, groups, pre_bn)
     return cm
 
 
@@ -404,10 +395,10 @@ def cell_weights(cm: CellModules, C: int, seeds: int = 1) -> dict[str, tuple[tor
 def _group_forward(C: int, g: Group, gm: _GroupModules, k: int, x: torch.Tensor,
                    weights: dict[str, tuple[torch.Tensor, ...]], coef: torch.Tensor, bn: BatchNormStats,
                    seeds: int = 1) -> torch.Tensor:
-    """Contributions (N, slots, S*C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1.
+    """Contributions (N, slots, S, C, H', W') of group ``g`` (k-th of the plan) to nodes node0..nodes-1.
 
     ``C`` is one seed's channels; with S packed ``seeds`` every channel block is S*C (seed-major), the
-    pointwise convs get S times the groups and ``coef`` is (S, slots, rows): one weighted sum per seed.
+    pointwise convs get S times the groups and ``coef`` is (slots, rows, S): one weighted sum per seed.
     """
     N = x.shape[0]
     E, st, S = len(g.edges), g.stride, seeds
@@ -431,13 +422,29 @@ def _group_forward(C: int, g: Group, gm: _GroupModules, k: int, x: torch.Tensor,
         z = torch.cat([z, x], 1)
     # weighted op sum and node sums in one batched matmul: (slots, rows) @ (rows, C*H*W) per image
     # (coef follows z: a float64 network gets fp32 alpha softmax weights, as the per-edge path promotes)
-    if coef.dim() == 3:  # per seed: (S, slots, rows) @ (S, rows, N*C*H*W), back to (N, slots, S*C, H, W)
-        L = z.shape[1] * z.shape[2] * z.shape[3] // (coef.shape[-1] * S)
-        zs = z.view(N, coef.shape[-1], S, L).permute(2, 1, 0, 3).reshape(S, coef.shape[-1], N * L)
-        out = torch.bmm(coef.to(z.dtype), zs).view(S, -1, N, L).permute(2, 1, 0, 3)
-        return out.reshape(N, -1, S * C, *z.shape[-2:])
-    out = torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.reshape(N, coef.shape[1], -1))
-    return out.view(N, -1, C, *z.shape[-2:])
+    # returned as (N, slots, S, C, H', W'), contiguous (the node sums then view it as (N, S*C, H', W'))
+    rows = coef.shape[1]
+    L = z.shape[1] * z.shape[2] * z.shape[3] // (rows * S)
+    if S == 1:  # (slots, rows) over the images: a batched matmul, no relayout
+        return torch.bmm(coef.to(z.dtype).expand(N, -1, -1), z.reshape(N, rows, L)).view(N, -1, 1, C, *z.shape[-2:])
+    # per seed, read in place: z's rows are [row, seed] for every image, so one block-diagonal
+    # (slots*S, rows*S) matrix per image does every seed's sum with no relayout of z or of the output
+    # (the zero blocks cost FLOPs a bandwidth-bound GPU does not notice; a non-finite value of one seed
+    # reaches the others through them, and the whole pack stops as a NonFiniteError anyway)
+    block = coef.to(z.dtype).unsqueeze(1) * _eye(S, z).view(1, S, 1, S)  # [slot, seed, row, seed']
+    out = torch.bmm(block.view(1, -1, rows * S).expand(N, -1, -1), z.reshape(N, rows * S, L))
+    return out.view(N, -1, S, C, *z.shape[-2:])
+
+
+_EYES: dict[tuple, torch.Tensor] = {}
+
+
+def _eye(S: int, like: torch.Tensor) -> torch.Tensor:
+    # the (S, S) identity, built once per size, device and dtype (no op per forward)
+    key = (S, like.device, like.dtype)
+    if key not in _EYES:
+        _EYES[key] = torch.eye(S, device=like.device, dtype=like.dtype)
+    return _EYES[key]
 
 
 def _bn_of(ops: nn.ModuleList, op: int) -> nn.Module:
@@ -487,41 +494,32 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor, seeds: 
 
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
                        coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
-    """Cell output (concat of the nodes), the math of ``SearchCell.forward`` with fused kernels.
+    """Cell output (concat of the nodes), the math of the per-edge cell (``unrealnas.nas.per_edge``) fused.
 
     ``seeds`` > 1: ``cell`` is a packed cell of S seeds (S*C seed-major channels per tensor, see
-    ``unrealnas.search.packed_net``), ``coefs`` per seed (``CellPlan.coefficients`` of (S, edges, ops));
-    the output concatenates the nodes per seed.
+    ``SuperNet.pack``), ``coefs`` every seed's (``CellPlan.coefficients`` of (S, edges, ops)); the output
+    concatenates the nodes per seed.
     """
-    if plan.single and seeds > 1:
-        raise ValueError("packed seeds run every edge fused (SGAS decisions as op-weight rows)")
     cm = cell_modules(cell, plan, seeds)
     inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C = cell.C
-    # the two inputs on their own only for decided edges (the first group reads them stacked)
-    states = [inputs[:, :C], inputs[:, C:]] if plan.single else [None, None]
-    weights = cell_weights(cm, C, seeds) if plan.groups else {}
+    weights = cell_weights(cm, C, seeds)
     contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]
-    by_first_source = {g.sources[0]: k for k, g in enumerate(plan.groups)}
-    for s in range(plan.nodes + 2):
-        if s >= 2:  # state s is node s - 2: every contribution to it is in
-            node = s - 2
-            if not contrib[node]:
-                raise RuntimeError(f"node {node} of a search cell has every incoming edge pruned")
-            total = contrib[node][0]
-            for t in contrib[node][1:]:
-                total = total + t
-            states.append(total)
-        if s == 1 or s > plan.nodes:
-            continue  # the cell inputs are one group, run at s == 0; the last node feeds no edge
-        if s in by_first_source:
-            k = by_first_source[s]
-            g = plan.groups[k]
-            x = inputs if s == 0 else states[s]
-            out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn, seeds)
-            for slot, t in enumerate(out.unbind(1)):
-                contrib[g.node0 + slot].append(t)
-        for i, j, op in cm.single:
-            if j == s or (s == 0 and j == 1):
-                contrib[i].append(op(states[j]))
-    return cat_per_seed(states[2:], seeds)
+    states: list[torch.Tensor] = []
+    for k, g in enumerate(plan.groups):  # group k reads the cell inputs (k = 0) or node k - 1
+        if k > 0:  # every contribution to node k - 1 is in: earlier groups feed later nodes only
+            states.append(_sum(contrib[k - 1]))
+        x = inputs if k == 0 else states[-1]
+        out = _group_forward(C, g, cm.groups[k], k, x, weights, coefs[k], bn, seeds)
+        for slot, t in enumerate(out.unbind(1)):
+            contrib[g.node0 + slot].append(t)
+    states.append(_sum(contrib[plan.nodes - 1]))
+    return cat_per_seed(states, seeds)
+
+
+def _sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    # one node's contributions, each (N, S, C, H, W) (possibly strided), as an (N, S*C, H, W) state
+    total = parts[0]
+    for t in parts[1:]:
+        total = total + t
+    return total.flatten(1, 2)

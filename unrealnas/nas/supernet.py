@@ -1,20 +1,27 @@
 """The DARTS search network (supernet): mixed ops on every edge, weighted by softmax(alpha).
 
+One class for a search of one seed and for S seeds packed side by side (``seeds=S``, or
+``SuperNet.pack(nets)`` of S one-seed supernets). Its forward is the fused engine
+(``unrealnas.nas.fused``): the edges that read one state run as one set of kernels, and with S
+seeds every tensor holds the S seeds' channels side by side, seed-major, so one kernel serves all
+seeds (see ``pack``). The module tree is the per-edge one (one module per op per edge), which is
+also the ``state_dict`` layout; ``fused=False`` runs that tree edge by edge instead
+(``unrealnas.nas.per_edge``, the readable reference the engine is tested against).
+
 Differences from the DARTS reference, on purpose:
 - the alphas are ``nn.Parameter``s of the module, so they live in ``state_dict()`` and a search
   can resume (the reference kept them outside);
 - the ``none`` op is never run: it adds ``w_none * 0``, which changes neither the output nor any
   gradient (alpha_none still gets its gradient through the softmax normalisation);
 - SGAS edge decisions are part of the module (``edge_ops_*`` buffers, mirrored as Python lists
-  so that forward branches on them without a host sync): a decided edge runs its one op with
-  weight 1, a pruned edge is skipped, and a node sums over its kept edges only;
-- ``fused=True`` (the default) runs each cell with ``unrealnas.nas.fused``: the same parameters and
-  math, with the edges that read one state stacked into one set of kernels; ``fused=False`` runs
-  one kernel per op per edge, the readable reference the fused engine is tested against.
+  so that no forward syncs with the device) and enter the fused forward as op-weight rows: a
+  decided edge is a one-hot row, a pruned edge a zero row (the per-edge reference branches: a
+  decided edge runs its one op, a pruned edge is skipped).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
@@ -25,13 +32,14 @@ import torch.nn.functional as F
 from unrealnas.nas.fused import BatchNormStats, CellPlan, check_batchnorms, fused_cell_forward, make_plan
 from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, num_edges
 from unrealnas.nas.ops import NONE_INDEX, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, get_op
+from unrealnas.nas.per_edge import mixed_op, per_edge_forward, search_cell
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce")
 CELL_TYPES = ("normal", "reduce")
 
 
 class MixedOp(nn.Module):
-    """One search edge: every candidate op (non-affine BN), summed with the edge's softmax weights."""
+    """One search edge: every candidate op (non-affine BN), summed with the edge's op weights."""
 
     def __init__(self, C: int, stride: int) -> None:
         super().__init__()
@@ -46,19 +54,8 @@ class MixedOp(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: Sequence[torch.Tensor] | None = None,
                 fixed_op: int = UNDECIDED) -> torch.Tensor:
-        """Weighted sum of all non-``none`` ops (``weights``: one 0-d tensor per op), or one fixed op."""
-        if fixed_op != UNDECIDED:
-            return self.ops[fixed_op](x)
-        if weights is None:
-            raise ValueError("an undecided edge needs its op weights")
-        out: torch.Tensor | None = None
-        for k, op in enumerate(self.ops):
-            if k == NONE_INDEX:
-                continue
-            y = op(x)
-            out = y * weights[k] if out is None else torch.addcmul(out, y, weights[k])
-        assert out is not None
-        return out
+        """The per-edge reference (``unrealnas.nas.per_edge.mixed_op``)."""
+        return mixed_op(self, x, weights, fixed_op)
 
 
 class SearchCell(nn.Module):
@@ -83,35 +80,50 @@ class SearchCell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]],
                 edge_ops: Sequence[int]) -> torch.Tensor:
-        """Cell output (concat of the nodes); ``edge_ops[e]`` is UNDECIDED, a fixed op, or 0 = pruned."""
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        e = 0
-        for i in range(self.nodes):
-            node: torch.Tensor | None = None
-            for h in states:
-                code = edge_ops[e]
-                if code != NONE_INDEX:  # a pruned edge adds nothing: sum over kept edges only
-                    y = self.edges[e](h, weights[e] if code == UNDECIDED else None, code)
-                    node = y if node is None else node + y
-                e += 1
-            if node is None:
-                raise RuntimeError(f"node {i} of a search cell has every incoming edge pruned")
-            states.append(node)
-        return torch.cat(states[2:], dim=1)
+        """The per-edge reference (``unrealnas.nas.per_edge.search_cell``)."""
+        return search_cell(self, s0, s1, weights, edge_ops)
+
+
+class PackedLinear(nn.Module):
+    """S independent linear layers: (N, S*C) -> (N, S, classes), weight (S, classes, C), bias (S, classes)."""
+
+    def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([w.detach() for w in weights]))
+        self.bias = nn.Parameter(torch.stack([b.detach() for b in biases]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-seed logits."""
+        s, k, c = self.weight.shape
+        out = torch.baddbmm(self.bias.unsqueeze(1), x.view(-1, s, c).transpose(0, 1), self.weight.transpose(1, 2))
+        return out.transpose(0, 1)
 
 
 class SuperNet(nn.Module):
-    """The DARTS search network: stem, ``layers`` search cells, global pool, linear classifier."""
+    """The DARTS search network: stem, ``layers`` search cells, global pool, linear classifier.
+
+    With ``seeds`` = S > 1 it is S independent supernets (each initialised from the RNG in turn)
+    packed into one (see ``pack``): inputs (N, S*in_channels, H, W), logits (N, S, classes),
+    alphas and SGAS decisions per seed ((S, edges, ops) and (S, edges)).
+    """
 
     def __init__(self, C: int, num_classes: int, layers: int, nodes: int = 4, stem_multiplier: int = 3,
                  alpha_init: Literal["zeros", "randn"] = "zeros", in_channels: int = 3,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 fused: bool = True) -> None:
-        """``fused``: run the cells with stacked kernels (``unrealnas.nas.fused``); False: per edge."""
+                 fused: bool = True, seeds: int = 1) -> None:
+        """``fused``: the fused engine (default); False: the per-edge reference (one seed only)."""
         super().__init__()
         if alpha_init not in ("zeros", "randn"):
             raise ValueError(f"alpha_init must be 'zeros' or 'randn', got {alpha_init!r}")
+        if seeds < 1 or (seeds > 1 and not fused):
+            raise ValueError(f"seeds={seeds}: one or more, and the per-edge reference runs one seed")
+        if seeds > 1:
+            nets = [SuperNet(C, num_classes, layers, nodes, stem_multiplier, alpha_init, in_channels, criterion)
+                    for _ in range(seeds)]
+            self.__dict__.update(SuperNet.pack(nets).__dict__)
+            return
         self.C, self.num_classes, self.layers, self.nodes = C, num_classes, layers, nodes
+        self.seeds, self.stacked = 1, False
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
@@ -129,7 +141,7 @@ class SuperNet(nn.Module):
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(C_prev, num_classes)
+        self.classifier: nn.Module = nn.Linear(C_prev, num_classes)
 
         k, n_ops = num_edges(nodes), len(PRIMITIVES)
         # UnrealNAS initialises alphas to zero (uniform softmax); the DARTS reference used 1e-3 randn.
@@ -138,20 +150,58 @@ class SuperNet(nn.Module):
             self.register_parameter(name, nn.Parameter(init))
         for cell_type in CELL_TYPES:
             self.register_buffer(f"edge_ops_{cell_type}", torch.full((k,), UNDECIDED, dtype=torch.long))
-        # Python mirror of the edge_ops buffers: forward branches on it without a device sync.
-        self._edge_ops: dict[str, list[int]] = {t: [UNDECIDED] * k for t in CELL_TYPES}
+        self._finish_init(fused)
+
+    def _finish_init(self, fused: bool) -> None:
+        # Python mirror of the edge_ops buffers: forward never reads them from the device.
+        self._edge_ops: dict[str, list] = {t: getattr(self, f"edge_ops_{t}").tolist() for t in CELL_TYPES}
+        self._rows: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         self.register_load_state_dict_post_hook(_sync_edge_ops_after_load)
         self.fused = bool(fused)
         if self.fused:
             for cell in self.cells:
                 check_batchnorms(cell)
-        # Fused layouts per (cell type, SGAS codes); plain Python state, rebuilt on demand.
-        self._plans: dict[tuple[str, tuple[int, ...]], CellPlan] = {}
+            conv, norm = self.stem  # a conv and its BN, normalised with the cells' BNs (BatchNormStats)
+            if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.affine
+                    and norm.track_running_stats and norm.eps == 1e-5):
+                raise TypeError(f"the fused supernet needs a stem of a conv and an affine BN, got {self.stem}")
+        self._plans: dict[str, CellPlan] = {t: make_plan(self.nodes, t == "reduce", len(PRIMITIVES))
+                                            for t in CELL_TYPES}
+
+    @classmethod
+    def pack(cls, nets: Sequence[SuperNet]) -> SuperNet:
+        """S one-seed supernets (same hyper-parameters) as one seed-stacked supernet (copies; see below).
+
+        A per-seed tensor of C channels becomes S*C channels, seed-major (channels ``[s*C, (s+1)*C)``
+        are seed s). A conv of ``groups=g`` becomes ``groups=S*g`` with the S weights concatenated on
+        dim 0, so seed s only ever reads seed s; a BN over S*C channels keeps per-channel batch
+        statistics, i.e. per seed; pooling, ReLU and skip are per channel anyway. The classifier is
+        one batched matmul over (S, classes, C). Every parameter and buffer is seed-major on dim 0,
+        so seed s's part of any tensor is ``t.reshape(S, -1)[s]`` (``seed_slice``); alphas are
+        (S, edges, ops), decisions (S, edges). S = 1 is allowed (logits (N, 1, classes)).
+        """
+        if not nets or any(n.stacked for n in nets) or (len(nets) > 1 and not all(n.fused for n in nets)):
+            raise ValueError("pack one or more one-seed supernets (the per-edge reference: one only)")
+        ref, S = nets[0], len(nets)
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        out.C, out.num_classes, out.layers, out.nodes = ref.C, ref.num_classes, ref.layers, ref.nodes
+        out.seeds, out.stacked, out.criterion = S, True, ref.criterion
+        body = copy.deepcopy(ref)
+        _pack_children(body, nets)
+        out.stem, out.cells, out.global_pooling, out.classifier = body.stem, body.cells, body.global_pooling, \
+            body.classifier
+        for name in ALPHA_NAMES:
+            out.register_parameter(name, nn.Parameter(torch.stack([getattr(n, name).detach() for n in nets])))
+        for t in CELL_TYPES:
+            out.register_buffer(f"edge_ops_{t}", torch.stack([getattr(n, f"edge_ops_{t}") for n in nets]))
+        out._finish_init(ref.fused)
+        return out
 
     # ------------------------------------------------------------------ parameters
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture weights ``[alpha_normal, alpha_reduce]`` (each edges x ops)."""
+        """The architecture weights ``[alpha_normal, alpha_reduce]`` (each [seeds x] edges x ops)."""
         return [self.alpha_normal, self.alpha_reduce]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
@@ -164,24 +214,34 @@ class SuperNet(nn.Module):
 
     # ------------------------------------------------------------------ SGAS edge state
 
-    def edge_ops(self, cell_type: str) -> tuple[int, ...]:
-        """Per edge of ``cell_type``: UNDECIDED (-1), a decided op index, or 0 (``none``) if pruned."""
-        return tuple(self._edge_ops[cell_type])
+    def edge_ops(self, cell_type: str) -> tuple:
+        """Per edge of ``cell_type``: UNDECIDED (-1), a decided op index, or 0 (``none``) if pruned
+        (stacked: one such tuple per seed)."""
+        codes = self._edge_ops[cell_type]
+        return tuple(tuple(c) for c in codes) if self.stacked else tuple(codes)
 
-    def set_edge_ops(self, normal: Sequence[int], reduce: Sequence[int]) -> None:
-        """Set the SGAS decisions of both cell types (see ``edge_ops``)."""
+    def set_edge_ops(self, normal: Sequence, reduce: Sequence) -> None:
+        """Set the SGAS decisions of both cell types (see ``edge_ops``; stacked: one list per seed)."""
+        k = num_edges(self.nodes)
         for cell_type, codes in zip(CELL_TYPES, (normal, reduce), strict=True):
-            codes = [int(c) for c in codes]
-            k = num_edges(self.nodes)
-            if len(codes) != k or any(not UNDECIDED <= c < len(PRIMITIVES) for c in codes):
-                raise ValueError(f"{cell_type} edge ops must be {k} codes in -1..{len(PRIMITIVES) - 1}")
-            self._edge_ops[cell_type] = codes
+            rows = [[int(c) for c in r] for r in codes] if self.stacked else [[int(c) for c in codes]]
+            if len(rows) != self.seeds or any(len(r) != k or any(not UNDECIDED <= c < len(PRIMITIVES) for c in r)
+                                              for r in rows):
+                raise ValueError(f"{cell_type} edge ops must be {k} codes in -1..{len(PRIMITIVES) - 1}"
+                                 + (f" for each of {self.seeds} seeds" if self.stacked else ""))
+            self._edge_ops[cell_type] = rows if self.stacked else rows[0]
             buf = getattr(self, f"edge_ops_{cell_type}")
-            buf.copy_(torch.tensor(codes, dtype=torch.long))
+            buf.copy_(torch.tensor(rows if self.stacked else rows[0], dtype=torch.long))
+        self._rows.clear()
 
     def frozen_alpha_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Boolean (edges,) masks of the alpha rows that must not change (decided or pruned edges)."""
+        """Boolean ([seeds,] edges) masks of the alpha rows that must not change (decided or pruned edges)."""
         return self.edge_ops_normal != UNDECIDED, self.edge_ops_reduce != UNDECIDED
+
+    def decided(self) -> bool:
+        """Whether any edge of any seed is decided or pruned."""
+        flat = [c for t in CELL_TYPES for c in _flatten(self._edge_ops[t])]
+        return any(c != UNDECIDED for c in flat)
 
     # ------------------------------------------------------------------ forward
 
@@ -189,58 +249,69 @@ class SuperNet(nn.Module):
         """Softmax over ops of (alpha_normal, alpha_reduce), in fp32."""
         return F.softmax(self.alpha_normal.float(), dim=-1), F.softmax(self.alpha_reduce.float(), dim=-1)
 
+    def op_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """([seeds,] edges, ops) weights of every op: softmax(alpha), or the SGAS row (one-hot if decided,
+        zero if pruned); no host sync."""
+        w = self.alpha_softmax()
+        rows = self._decision_rows(w[0].device)
+        if rows is None:
+            return w
+        fixed, undecided = rows
+        return torch.where(undecided[0], w[0], fixed[0]), torch.where(undecided[1], w[1], fixed[1])
+
+    def _decision_rows(self, device: torch.device) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        if device not in self._rows:
+            if not self.decided():
+                self._rows[device] = None
+            else:
+                fixed, undecided = [], []
+                for t in CELL_TYPES:
+                    c = torch.tensor(self._edge_ops[t], dtype=torch.long)
+                    onehot = F.one_hot(c.clamp(min=0), len(PRIMITIVES)).float()
+                    onehot[c == NONE_INDEX] = 0.0  # pruned: a zero row
+                    fixed.append(onehot.to(device))
+                    undecided.append((c == UNDECIDED).unsqueeze(-1).to(device))
+                self._rows[device] = (fixed, undecided)
+        return self._rows[device]
+
     def forward(self, x: torch.Tensor,
                 op_weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """Class logits for images ``x`` (N, in_channels, H, W).
+        """Class logits for images ``x`` (N, [seeds *] in_channels, H, W): (N, classes) or stacked (N, S, classes).
 
-        ``op_weights``: (w_normal, w_reduce), each (edges, ops), used instead of softmax(alpha) for
-        every edge; then every non-``none`` op runs on every edge whatever the SGAS decisions (a
-        pruned edge is a zero row, a decided one a one-hot row), with no branching on them.
+        ``op_weights``: (w_normal, w_reduce), each ([seeds,] edges, ops), used instead of
+        ``op_weights()`` (the softmax of the alphas with the SGAS rows).
         """
+        if op_weights is None and not self.fused:  # the per-edge reference branches on the decisions
+            return per_edge_forward(self, x, *self.alpha_softmax(), self._edge_ops)
         if op_weights is None:
-            w_normal, w_reduce = self.alpha_softmax()
-            codes = self._edge_ops
-        else:
-            w_normal, w_reduce = op_weights
-            k = num_edges(self.nodes)
-            codes = {t: [UNDECIDED] * k for t in CELL_TYPES}
+            op_weights = self.op_weights()
+        w_normal, w_reduce = op_weights
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             # Weights in the autocast dtype, cast once: an fp32 scalar would make autocast
-            # promote every weighted sum (addcmul) to fp32.
+            # promote every weighted sum to fp32.
             dtype = torch.get_autocast_dtype(device_type)
             w_normal, w_reduce = w_normal.to(dtype), w_reduce.to(dtype)
-        if self.fused:
-            s1 = self._fused_cells(self.stem(x), {"normal": w_normal, "reduce": w_reduce}, codes)
-        else:
-            # Views to one 0-d tensor per (edge, op), built once per forward instead of per edge.
-            rows = {"normal": [r.unbind(0) for r in w_normal.unbind(0)],
-                    "reduce": [r.unbind(0) for r in w_reduce.unbind(0)]}
-            s0 = s1 = self.stem(x)
-            for cell in self.cells:
-                cell_type = "reduce" if cell.reduction else "normal"
-                s0, s1 = s1, cell(s0, s1, rows[cell_type], codes[cell_type])
-        out = self.global_pooling(s1).flatten(1)
-        return self.classifier(out)
+        if not self.fused:  # one seed (a stacked per-edge net: its seed axis of length 1 dropped)
+            k = num_edges(self.nodes)
+            if self.stacked:
+                w_normal, w_reduce = w_normal[0], w_reduce[0]
+            return per_edge_forward(self, x, w_normal, w_reduce, {t: [UNDECIDED] * k for t in CELL_TYPES})
+        return self.classifier(self.global_pooling(self._fused_cells(x, (w_normal, w_reduce))).flatten(1))
 
-    def _fused_cells(self, stem: torch.Tensor, weights: dict[str, torch.Tensor],
-                     codes: dict[str, Sequence[int]]) -> torch.Tensor:
+    def _fused_cells(self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # One weight map per cell type (all cells of a type share alphas and decisions); the BN
-        # running statistics of every fused edge are written once, after the last cell.
-        plans, coefs = {}, {}
-        for cell_type in CELL_TYPES:
-            key = (cell_type, tuple(codes[cell_type]))
-            plan = self._plans.get(key)
-            if plan is None:
-                plan = self._plans[key] = make_plan(self.nodes, cell_type == "reduce", key[1], len(PRIMITIVES))
-            plans[cell_type] = plan
-            if any(c.reduction == (cell_type == "reduce") for c in self.cells):
-                coefs[cell_type] = plan.coefficients(weights[cell_type], self.training)
+        # running statistics of every fused edge (and the stem's) are written once, after the last
+        # cell: an in-place update while the forward still holds them for backward would invalidate
+        # them when the buffers are views of one tensor (the engine's flat buffers).
+        coefs = {t: self._plans[t].coefficients(w, self.training) for t, w in zip(CELL_TYPES, weights, strict=True)
+                 if any(c.reduction == (t == "reduce") for c in self.cells)}
         bn = BatchNormStats(self.training)
-        s0 = s1 = stem
+        conv, norm = self.stem
+        s0 = s1 = bn.normalize(conv(x), [[norm]], affine=norm)
         for cell in self.cells:
-            cell_type = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, fused_cell_forward(cell, plans[cell_type], s0, s1, coefs[cell_type], bn)
+            t = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, fused_cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds)
         bn.flush()
         return s1
 
@@ -249,15 +320,66 @@ class SuperNet(nn.Module):
         return self.criterion(self(x), y)
 
     def genotype(self, edge_rank: Literal["max_op", "importance"] = "max_op") -> Genotype:
-        """The discrete cells the current alphas (and SGAS decisions, if any) select."""
-        decided = any(c != UNDECIDED for t in CELL_TYPES for c in self._edge_ops[t])
-        fixed = (self._edge_ops["normal"], self._edge_ops["reduce"]) if decided else None
+        """The discrete cells the current alphas (and SGAS decisions, if any) select (one seed)."""
+        if self.stacked:
+            raise ValueError("a stacked supernet has one genotype per seed: derive them from each seed's alphas")
+        fixed = (self._edge_ops["normal"], self._edge_ops["reduce"]) if self.decided() else None
         return derive_genotype(self.alpha_normal, self.alpha_reduce, self.nodes, fixed=fixed,
                                edge_rank=edge_rank)
+
+
+def seed_slice(t: torch.Tensor, seeds: int, s: int, shape: torch.Size) -> torch.Tensor:
+    """Seed ``s``'s part of a seed-major packed tensor, shaped like the per-seed tensor."""
+    return t.reshape(seeds, -1)[s].view(shape)
+
+
+def _flatten(codes: list) -> list[int]:
+    return [c for r in codes for c in r] if codes and isinstance(codes[0], list) else list(codes)
+
+
+def _pack_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    c = convs[0]
+    s = len(convs)
+    out = nn.Conv2d(s * c.in_channels, s * c.out_channels, c.kernel_size, stride=c.stride, padding=c.padding,
+                    dilation=c.dilation, groups=s * c.groups, bias=c.bias is not None,
+                    device=c.weight.device, dtype=c.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([m.weight for m in convs]))
+        if c.bias is not None:
+            out.bias.copy_(torch.cat([m.bias for m in convs]))
+    return out
+
+
+def _pack_bn(bns: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
+    b = bns[0]
+    out = nn.BatchNorm2d(len(bns) * b.num_features, eps=b.eps, momentum=b.momentum, affine=b.affine,
+                         track_running_stats=b.track_running_stats, device=b.running_mean.device)
+    with torch.no_grad():
+        if b.affine:
+            out.weight.copy_(torch.cat([m.weight for m in bns]))
+            out.bias.copy_(torch.cat([m.bias for m in bns]))
+        out.running_mean.copy_(torch.cat([m.running_mean for m in bns]))
+        out.running_var.copy_(torch.cat([m.running_var for m in bns]))
+        out.num_batches_tracked.copy_(max(m.num_batches_tracked for m in bns))
+    return out
+
+
+def _pack_children(packed: nn.Module, sources: Sequence[nn.Module]) -> None:
+    for name, child in list(packed.named_children()):
+        group = [getattr(m, name) for m in sources]
+        if isinstance(child, nn.Conv2d):
+            setattr(packed, name, _pack_conv(group))
+        elif isinstance(child, nn.BatchNorm2d):
+            setattr(packed, name, _pack_bn(group))
+        elif isinstance(child, nn.Linear):
+            setattr(packed, name, PackedLinear([m.weight for m in group], [m.bias for m in group]))
+        else:
+            _pack_children(child, group)
 
 
 def _sync_edge_ops_after_load(module: nn.Module, incompatible_keys: object) -> None:
     """Refresh the Python mirror of the edge_ops buffers after load_state_dict (one sync, at load)."""
     assert isinstance(module, SuperNet)
     for cell_type in CELL_TYPES:
-        module._edge_ops[cell_type] = [int(c) for c in getattr(module, f"edge_ops_{cell_type}").tolist()]
+        module._edge_ops[cell_type] = getattr(module, f"edge_ops_{cell_type}").tolist()
+    module._rows.clear()

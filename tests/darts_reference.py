@@ -1,4 +1,7 @@
-"""The DARTS architecture step: first-order and second-order (unrolled) alpha gradients, Adam on alphas.
+"""The readable DARTS architecture step the engine is checked against (a test oracle, not used by runs).
+
+First-order and second-order (unrolled) alpha gradients and Adam on the alphas of one SuperNet,
+written as the DARTS reference computes them, per weight tensor, with ``functional_call``.
 
 Second order follows the DARTS reference: a virtual SGD step of the weights on the training batch,
 w' = w - xi * (momentum * buf + grad_w L_train(w) + wd * w) (the exact next SGD step with momentum),
