@@ -393,7 +393,7 @@ def check_search_cuda_graph(dev: torch.device, s: Sizes, work: Path) -> tuple[bo
             if it in (5, 20):
                 torch.cuda.synchronize()
                 errs[it] = _alpha_err(pg, [[a[i] for a in pe.alphas] for i in range(2)])
-    captures = pg.graphed.captures if pg.graphed is not None else 0
+    captures = pg.graphed.captures if pg.graphed is not None and not pg.graphed.fell_back else 0  # fell back: eager
     # the same kernels replayed: equal up to the atomics of max-pool and index_add backward, which
     # the chaos of a search can grow (see packed_vs_separate): 1e-4 at 20 iterations is the target,
     # the 5-iteration limit the one that tells a graph bug (stale lr, masks, buffers) from rounding
@@ -419,7 +419,9 @@ def check_train_cuda_graph(dev: torch.device, s: Sizes, work: Path) -> tuple[boo
         opt = build_optimizer(net, opts)
         net.train()
         x, y = (t.to(dev) for t in make_batch(Sizes(s.C, s.layers, 16, 32, 10)))
-        step = GraphedStep(lambda a, b, n=net, o=opt, op=opts: train_step(n, o, a, b, op)) if graphed else None
+        # strict: a capture that fell back to eager would compare eager with eager and pass
+        step = GraphedStep(lambda a, b, n=net, o=opt, op=opts: train_step(n, o, a, b, op), device=dev,
+                           setting_name="train.cuda_graph", strict=True) if graphed else None
         with exact_fp32():
             for _ in range(10):
                 out = step(0, x, y) if step is not None else train_step(net, opt, x, y, opts)

@@ -71,10 +71,14 @@ def bench_target(target: str, overrides: list[str], steps: int) -> dict:
     if use_train_cuda_graph(str(t.cuda_graph), device, opts.optimizer, amp, False):
         # train.cuda_graph: the same step replayed as one CUDA graph (warm-up and capture untimed)
         opts.cuda_graph = True
-        graphed = GraphedStep(lambda a, b: train_step(model, opt, a, b, opts, multilabel))
+        graphed = GraphedStep(lambda a, b: train_step(model, opt, a, b, opts, multilabel), device=device,
+                              setting_name="train.cuda_graph", strict=str(t.cuda_graph) == "on")
         for _ in range(4):
             graphed(0, x, y)
-        row["graph_images_per_s"] = round(bs * steps / _time_steps(lambda: graphed(0, x, y), steps, device), 1)
+        if graphed.fell_back:  # timing the eager fallback as "graph" would mislead
+            row["graph_fell_back"] = graphed.reason
+        else:
+            row["graph_images_per_s"] = round(bs * steps / _time_steps(lambda: graphed(0, x, y), steps, device), 1)
     return row
 
 
