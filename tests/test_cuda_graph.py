@@ -272,3 +272,22 @@ def test_retrain_records_the_graph_outcome(tmp_path: Path, cifar_root, monkeypat
     # 4 steps per epoch, 2 epochs: each epoch is a new key (warm-up 2, capture + check, 1 replay)
     assert graphed["cuda_graph"] == {"cuda_graph": "used", "reason": None, "captures": 2, "self_checks": 2}
     assert graphed_w.keys() == eager_w.keys() and all(torch.equal(graphed_w[k], eager_w[k]) for k in eager_w)
+
+
+def test_bench_graph_row_through_the_fake(monkeypatch):
+    from unrealnas.train import bench
+
+    made: list[GraphedStep] = []
+
+    def fake_graphed(fn, **kw):
+        made.append(GraphedStep(fn, backend=FakeBackend(kw["state"]), **kw))
+        return made[-1]
+
+    monkeypatch.setattr(bench, "use_train_cuda_graph", lambda *a: True)
+    monkeypatch.setattr(bench, "GraphedStep", fake_graphed)
+    overrides = ["preset=smoke", "device=cpu", "train.layers=3", "train.init_channels=4", "train.batch_size=4"]
+    row = bench.bench_target("cifar10", [*overrides, "train.drop_path=0"], steps=1)
+    assert row["graph_images_per_s"] > 0 and made[0].outcome == {"cuda_graph": "used", "reason": None,
+                                                                 "captures": 1, "self_checks": 1}
+    row = bench.bench_target("cifar10", [*overrides, "train.drop_path=0.2"], steps=1)
+    assert made[1].checked is None and made[1].outcome["self_checks"] == 0 and row["graph_images_per_s"] > 0
