@@ -309,3 +309,33 @@ def test_packed_checkpoint_resumes_as_a_single_run(tmp_path, monkeypatch):
         for t in ("normal", "reduce"):
             torch.testing.assert_close(torch.tensor(a["alphas"][t]), torch.tensor(b["alphas"][t]), rtol=0, atol=1e-4)
         assert [r["epoch"] for r in read_jsonl(resumed / "metrics.jsonl")] == [0, 1, 2]
+
+
+def test_engine_graph_replays_equal_eager_and_recapture_only_on_a_decision():
+    """The engine's iteration through GraphedStep (a fake CUDA backend on CPU, see test_cuda_graph.py):
+    captured once, self-checked, replays equal an eager engine's iterations; an unchanged SGAS state
+    keeps the graph, a new decision recaptures; result.json's record says the graph was used."""
+    from tests.test_cuda_graph import FakeBackend
+    from unrealnas.cuda_graph import GraphedStep
+
+    eager, graphed = (_engine([seed_net(s) for s in range(2)], "darts") for _ in range(2))
+    backend = FakeBackend(graphed.graph_state)
+    graphed.graphed = GraphedStep(graphed.iteration, device=torch.device("cpu"), state=graphed.graph_state,
+                                  checked=graphed.graph_checked, say=lambda _m: None,
+                                  setting_name="search.cuda_graph", backend=backend)
+    for step in range(8):  # 2 warm-up iterations per key, then capture + self-check, then replays
+        if step == 4:  # seed 1 decides an edge: the network changed, the graph must be recaptured
+            for e in (eager, graphed):
+                e.seeds_state[1].model.set_edge_ops([4] + [UNDECIDED] * 13, [UNDECIDED] * 14)
+        for e in (eager, graphed):
+            assert e.refresh_decisions() == (step == 4)
+        x, y = eager.stack(batches(2, step))
+        xv, yv = eager.stack(batches(2, 10 + step))
+        want, got = eager.step(x, y, xv, yv), graphed.step(x, y, xv, yv)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(graphed.flat, eager.flat, rtol=1e-6, atol=1e-7)
+    for a, b in zip(graphed.alphas, eager.alphas, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert len(backend.graphs) == 2 and backend.graphs[0].released, graphed.record()  # one capture per network
+    record = graphed.record()["cuda_graph"]
+    assert record["cuda_graph"] == "used" and record["captures"] == 2 and record["self_checks"] == 2

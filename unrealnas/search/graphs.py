@@ -9,24 +9,25 @@ no host sync inside the iteration, the learning rate a device tensor (filled out
 Adam with ``capturable=True``, fixed shapes. A new ``key`` (warm-up vs search phase, batch size,
 SGAS decisions) recaptures; the previous graph is released first.
 
-Unmeasured: no GPU was available when this was written; ``tools/gpu_check.py`` compares graph
-and eager alphas after 20 iterations (1e-4) on the first GPU run.
+The capture is guarded and self-checked (:mod:`unrealnas.cuda_graph`): a failed capture or a
+replay that differs from eager falls back to eager with one line (``on``: an error). Unmeasured: no
+GPU was available when this was written; ``tests/test_gpu.py`` (run by ``tools/gpu_check.sh``)
+compares graph and eager searches on the first GPU run.
 """
 
 from __future__ import annotations
 
 import torch
 
-from unrealnas.cuda_graph import GraphedStep
+from unrealnas.cuda_graph import GRAPH_SETTINGS, GraphedStep
 from unrealnas.errors import ConfigError
 
-CUDA_GRAPH_SETTINGS = ("auto", "on", "off")
 __all__ = ["GraphedStep", "use_cuda_graph"]
 
 
 def use_cuda_graph(setting: str, device: torch.device, method: str) -> bool:
     """Whether ``search.cuda_graph`` turns graph replay on: auto = on CUDA for first-order methods."""
-    if setting not in CUDA_GRAPH_SETTINGS:
+    if setting not in GRAPH_SETTINGS:
         raise ConfigError(f"search.cuda_graph={setting!r}: choose auto, on or off")
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=on needs a CUDA device, this run is on {device}; use auto or off")

@@ -25,7 +25,7 @@ from unrealnas.dist import DistEnv, resolve_device
 from unrealnas.models import build_network, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
 from unrealnas.train.graphed import use_train_cuda_graph
-from unrealnas.train.loop import LoopOptions, build_optimizer, train_step
+from unrealnas.train.loop import LoopOptions, build_optimizer, train_state, train_step
 from unrealnas.train.retrain import network_kind
 from unrealnas.train.target import FIXED_32PX_TARGETS
 
@@ -71,10 +71,17 @@ def bench_target(target: str, overrides: list[str], steps: int) -> dict:
     if use_train_cuda_graph(str(t.cuda_graph), device, opts.optimizer, amp, False):
         # train.cuda_graph: the same step replayed as one CUDA graph (warm-up and capture untimed)
         opts.cuda_graph = True
-        graphed = GraphedStep(lambda a, b: train_step(model, opt, a, b, opts, multilabel))
+        graphed = GraphedStep(lambda a, b: train_step(model, opt, a, b, opts, multilabel), device=device,
+                              state=lambda: train_state(model, opt),
+                              # drop path draws other masks inside the graph than eager: guard only, no compare
+                              checked=(lambda: dict(model.named_parameters())) if model.drop_path_prob == 0 else None,
+                              setting_name="train.cuda_graph", strict=str(t.cuda_graph) == "on")
         for _ in range(4):
             graphed(0, x, y)
-        row["graph_images_per_s"] = round(bs * steps / _time_steps(lambda: graphed(0, x, y), steps, device), 1)
+        if graphed.fell_back:  # timing the eager fallback as "graph" would mislead
+            row["graph_fell_back"] = graphed.reason
+        else:
+            row["graph_images_per_s"] = round(bs * steps / _time_steps(lambda: graphed(0, x, y), steps, device), 1)
     return row
 
 

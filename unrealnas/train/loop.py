@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from unrealnas import dist
 from unrealnas.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
+from unrealnas.cuda_graph import GraphedStep, graph_outcome
 from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
 from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
@@ -59,6 +60,8 @@ class LoopOptions:
     channels_last: bool = False
     eval_every: int = 1
     cuda_graph: bool = False  # replay the step as a CUDA graph (unrealnas.train.graphed)
+    cuda_graph_strict: bool = False  # train.cuda_graph=on: a failed capture or self-check is an error
+    cuda_graph_off: str = "train.cuda_graph=off"  # why the step is not captured (result.json), when it is not
     extra_row: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,6 +74,7 @@ class FitResult:
     history: list[dict[str, Any]]
     wall_s: float
     completed: bool
+    cuda_graph: dict[str, Any] = field(default_factory=dict)  # unrealnas.cuda_graph.graph_outcome, for result.json
 
 
 def lr_factor(epoch: int, opts: LoopOptions) -> float:
@@ -235,14 +239,18 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
     metrics: dict[str, Any] = dict(resume.get("last_eval", {})) if resume is not None else {}
     graphed = None
     if opts.cuda_graph:
-        from unrealnas.cuda_graph import GraphedStep
-
-        graphed = GraphedStep(lambda x, y: train_step(model, optimizer, x, y, opts, target.multilabel))
+        graphed = GraphedStep(
+            lambda x, y: train_step(model, optimizer, x, y, opts, target.multilabel), device=device,
+            state=lambda: train_state(net, optimizer),
+            # drop path draws its masks inside the graph, not the ones eager draws: replay and eager
+            # legitimately differ, so with drop path the capture is only guarded, not compared
+            checked=(lambda: dict(net.named_parameters())) if opts.drop_path == 0 else None,
+            say=say, setting_name="train.cuda_graph", strict=opts.cuda_graph_strict)
     ran = 0
     board = RunBoard(run_dir, first_step=start + 1) if env.is_main else None
     for epoch in range(start, opts.epochs):
         if stop_after is not None and ran >= stop_after:
-            return FitResult(epoch, metrics, history, wall_prev, False)
+            return FitResult(epoch, metrics, history, wall_prev, False, graph_outcome(graphed, opts.cuda_graph_off))
         t0 = time.perf_counter()
         seed_everything(derive_seed(opts.seed, "train-epoch", epoch, env.rank))
         net.drop_path_prob = opts.drop_path * epoch / opts.epochs
@@ -301,7 +309,19 @@ def fit(model: nn.Module, target: Target, opts: LoopOptions, run_dir: str | Path
         say(f"epoch {epoch + 1}/{opts.epochs} loss {row['train_loss']:.4f} lr {lr:.4g} {shown} ({epoch_s:.1f}s)")
     if board is not None:
         board.close()
-    return FitResult(opts.epochs, metrics, history, wall_prev, True)
+    return FitResult(opts.epochs, metrics, history, wall_prev, True, graph_outcome(graphed, opts.cuda_graph_off))
+
+
+def train_state(net: nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """Every tensor a training step mutates: weights, buffers (BN statistics), the optimizer's state.
+
+    Stable order, the optimizer's lazily created state last (what a graph self-check snapshots).
+    """
+    out = [*net.parameters(), *net.buffers()]
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            out.extend(v for v in optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor))
+    return out
 
 
 def _json_line(row: dict[str, Any]) -> str:

@@ -37,7 +37,7 @@ from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
 from unrealnas.runtime import precision_name
-from unrealnas.train.graphed import use_train_cuda_graph
+from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.metrics import best_on_valid
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec, build_target
@@ -177,14 +177,15 @@ def loop_options(cfg: DictConfig, device: torch.device, target: Target, env: dis
     cl = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
     global_batch = target.per_rank_batch * env.world_size
     lr = float(t.lr) * (global_batch / t.lr_ref_batch if t.lr_ref_batch else 1.0)
+    graph_off = train_cuda_graph_off(str(t.cuda_graph), device, str(t.optimizer), None if amp == "off" else str(amp),
+                                     env.distributed)
     return LoopOptions(
         epochs=int(t.epochs), lr=lr, seed=int(cfg.seed), optimizer=str(t.optimizer), lr_min=float(t.lr_min),
         schedule=str(t.schedule), lr_gamma=float(t.lr_gamma), warmup_epochs=int(t.warmup_epochs),
         momentum=float(t.momentum), weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip),
         aux_weight=float(t.auxiliary_weight), drop_path=float(t.drop_path), label_smoothing=float(t.label_smoothing),
         amp=None if amp == "off" else str(amp), channels_last=cl, eval_every=int(t.eval_every),
-        cuda_graph=use_train_cuda_graph(str(t.cuda_graph), device, str(t.optimizer), None if amp == "off" else str(amp),
-                                        env.distributed),
+        cuda_graph=graph_off is None, cuda_graph_strict=str(t.cuda_graph) == "on", cuda_graph_off=graph_off or "",
     )
 
 
@@ -320,7 +321,7 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
             cfg, source, "completed", rid, metrics=metrics, params_m=params_m, flops_m=flops_m,
             wall_s=out.wall_s, **{hours_key: hours}, world_size=env.world_size, hosts=hosts, epochs=opts.epochs,
             lr=opts.lr, global_batch=target.per_rank_batch * env.world_size, finished_at=time.time(),
-            precision=precision, **files, **notes,
+            precision=precision, cuda_graph=out.cuda_graph, **files, **notes,
         ))
         say(f"done: {metrics}")
     dist.barrier()
