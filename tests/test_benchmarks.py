@@ -1,16 +1,11 @@
-"""The benchmarks run in a tiny mode and return sane rows (no timing assertions), and the GPU check's plumbing."""
+"""The benchmarks run in a tiny mode and return sane rows (no timing assertions); the GPU check: test_gpu_check_script.py."""
 
 import functools
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from tests.conftest import REPO
 from unrealnas.benchmarks import data as data_bench
 from unrealnas.benchmarks import search as search_bench
 from unrealnas.benchmarks.table import format_table, pop_options, report
@@ -20,14 +15,6 @@ from unrealnas.errors import ConfigError
 # A 3-cell, 2-channel supernet on 8x8 images: a search iteration takes well under a second on CPU.
 TINY = ["preset=smoke", "device=cpu", "search.layers=3", "search.init_channels=2", "search.resolution=8",
         "search.batch_size=4", "data.num_classes=10"]
-
-
-def _load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_table_aligns_columns_and_writes_json(tmp_path, capsys):
@@ -142,39 +129,6 @@ def test_target_notes_report_met_and_not_met():
     assert "45.0 s (extrapolated from a tenth) -> met" in notes[0]
     assert "30x" in notes[1] and "NOT met" in notes[1] and "reference loop: 200x" in notes[1]
     assert "25x" in notes[2] and "-> met" in notes[2]
-
-
-def test_gpu_check_dry_run_subset(tmp_path, capsys):
-    gpu_check = _load_gpu_check()
-    only = ["forward_backward_cuda_vs_cpu", "bf16_autocast_loss", "first_order_alpha_grad_cuda_vs_cpu",
-            "device_loader_cuda_vs_cpu"]
-    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path), "--only", *only]) == 0
-    summary = json.loads((tmp_path / "gpu_check_correctness.json").read_text())
-    assert summary["passed"] == 4 and summary["failed"] == 0 and summary["dry_run"]
-    assert capsys.readouterr().out.count("PASS ") == 5  # four checks and the total
-
-
-def test_gpu_check_reports_a_crashing_check_as_fail(tmp_path, monkeypatch, capsys):
-    gpu_check = _load_gpu_check()
-
-    def boom(dev, sizes, work):
-        raise RuntimeError("simulated CUDA error")
-
-    monkeypatch.setattr(gpu_check, "CHECKS", [("boom", boom)])
-    assert gpu_check.main(["--cpu-dry-run", "--out", str(tmp_path)]) == 1
-    assert "FAIL boom: RuntimeError: simulated CUDA error" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_gpu_check_script_cpu_dry_run(tmp_path):
-    out = subprocess.run(["bash", str(REPO / "tools" / "gpu_check.sh"), "--cpu-dry-run"], capture_output=True,
-                         text=True, timeout=1800, env={**os.environ, "OUT": str(tmp_path)}, cwd=REPO)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    summary = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert summary["failed"] == 0 and {s["stage"] for s in summary["stages"]} >= {"env", "correctness",
-                                                                                   "bench_search", "bench_data"}
-    for name in ("gpu_check.log", "gpu_check_correctness.json", "bench_search.json", "bench_data.json"):
-        assert (tmp_path / name).exists(), name
 
 
 @pytest.mark.slow
