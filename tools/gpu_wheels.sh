@@ -14,6 +14,7 @@
 # Idempotent: a wheel already in .whl/ with the wanted version is kept; wheels of other versions of
 # the same package are removed. antlr4-python3-runtime 4.9.3 is a source archive on the registry;
 # `pip wheel --no-deps` builds its py3-none-any wheel. Every wheel must be py3-none-any (checked).
+# Also writes .whl/COMMIT (HEAD, clean/dirty): run it right before the device call.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,6 +41,12 @@ for pkg in "${PACKAGES[@]}"; do
   echo "building $pkg==$version"
   "$PY" -m pip wheel --quiet --no-deps --wheel-dir "$DEST" "$pkg==$version"
 done
+
+# The device tool copies the working tree without .git: record the commit for the report (gpu_report.py).
+if sha=$(git -C "$REPO" rev-parse HEAD 2>/dev/null); then
+  dirty=$(git -C "$REPO" status --porcelain --untracked-files=no | grep -q . && echo dirty || echo clean)
+  echo "$sha $dirty $(date -u +%FT%TZ)" >"$DEST/COMMIT"
+fi
 
 bad=0
 for w in "$DEST"/*.whl; do
