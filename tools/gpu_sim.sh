@@ -46,7 +46,7 @@ echo "$SIM/pkgs" >"$SITE_SIM/gpu_image.pth"
 echo "simulated image: $(ls "$SIM/pkgs" | wc -l) entries linked from $SITE_SRC; left out: ${skipped[*]}"
 
 # the image has torch & co. and lacks hydra & co.: check before running anything
-"$SIM/venv/bin/python" - <<'EOF'
+cd / && "$SIM/venv/bin/python" - <<'EOF'  # from / : the checkout on sys.path would hide a leak
 import importlib.util, sys
 import torch, numpy, scipy, h5py, sklearn, matplotlib, tqdm, yaml, pytest  # noqa: F401
 missing = [m for m in ("hydra", "omegaconf", "antlr4", "submitit", "graphviz", "unrealnas")
