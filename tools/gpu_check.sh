@@ -17,18 +17,21 @@
 #                  .whl/ (hydra-core, omegaconf, antlr4: tools/gpu_wheels.sh) installed with
 #                  `pip install --no-index --no-deps --target $SITE` when hydra/omegaconf are missing;
 #                  PYTHONPATH=$SITE:$REPO. Never installs or replaces torch.
-#   correctness    `pytest -m gpu -k cuda tests/` (tests/test_gpu.py: the cuda variants; the cpu ones run
-#                  in the ordinary suite) -> correctness.xml (junit, measured values as properties).
+#   correctness    `pytest -m gpu -k cuda tests/test_gpu.py` (the cuda variants; the cpu ones run in the
+#                  ordinary suite) -> correctness.xml (junit, measured values as properties). Only that
+#                  file: collecting tests/ would import submitit (tests/test_launch.py), absent there.
 #                  Dry run: `-m 'gpu and not slow'` (the quick cpu variants).
 #   bench_search   `unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5` -> bench_search.json
+#                  and bench_search-packed.json (the packed-seed rows)
 #   bench_retrain  `unrealnas bench retrain preset=paper train.cuda_graph=on targets=cifar10,imagenet`:
 #                  eager images/s and, the same step replayed as a CUDA graph, graph_images_per_s
 #                  -> bench_retrain.json
 #   bench_data     `unrealnas bench data quick=true` -> bench_data.json
 #   bench_compile  optional, only with >= its budget left: `bench search methods=darts compile=true`
-#                  -> bench_search_compile.json (out of time there is TIMEOUT, not FAIL)
+#                  (out of time there is TIMEOUT, not FAIL); its rows go into gpu_check.json/.md only
 # OUT_DIR then holds at most 8 files (the device tool returns 8): gpu_check.json, gpu_check.md,
-# gpu_check.log, correctness.xml and the four bench JSONs. Exit status 0 when no stage FAILED.
+# gpu_check.log, correctness.xml, bench_search.json, bench_search-packed.json, bench_retrain.json,
+# bench_data.json. Exit status 0 when no stage FAILED.
 set -uo pipefail
 
 # ---------------------------------------------------------------- budgets (seconds)
@@ -153,7 +156,7 @@ if [[ $ENV_OK -eq 0 ]]; then
     record "$s" SKIP 0 0 "skipped: the env stage failed"
   done
 elif [[ $DRY -eq 1 ]]; then
-  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m "gpu and not slow" -q -p no:cacheprovider tests/ \
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m "gpu and not slow" -q -p no:cacheprovider tests/test_gpu.py \
     -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
   run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=smoke device=cpu threads=1 steps=1 \
     warmup=1 packed=1,5 json="$OUT/bench_search.json"
@@ -164,7 +167,7 @@ elif [[ $DRY -eq 1 ]]; then
   record bench_compile SKIP "$B_COMPILE" 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
   # -k cuda: the cuda variants only (the cpu ones, some marked slow, are the ordinary suite's)
-  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m gpu -k cuda -q -p no:cacheprovider tests/ \
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m gpu -k cuda -q -p no:cacheprovider tests/test_gpu.py \
     -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
   run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5 \
     json="$OUT/bench_search.json"
@@ -173,7 +176,7 @@ else
   run_stage bench_data "$B_DATA" $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
   if (($(left) >= B_COMPILE)); then
     OPTIONAL=1 run_stage bench_compile "$B_COMPILE" $PY -m unrealnas bench search preset=paper methods=darts \
-      compile=true steps=20 warmup=3 packed=null json="$OUT/bench_search_compile.json"
+      compile=true steps=20 warmup=3 packed=null json="$WORK/bench_search_compile.json"
   else
     record bench_compile SKIP "$B_COMPILE" 0 "optional: $(left) s left, it runs only with its whole ${B_COMPILE} s"
   fi
@@ -182,7 +185,7 @@ fi
 # ---------------------------------------------------------------- report
 TOTAL=$(($(date +%s) - START))
 echo "=== report: $OUT/gpu_check.json, $OUT/gpu_check.md (${TOTAL} s)"
-$PY "$REPO/tools/gpu_report.py" "$STAGES" "$OUT" "$DRY" "$BUDGET_S" "$TOTAL"
+$PY "$REPO/tools/gpu_report.py" "$STAGES" "$OUT" "$DRY" "$BUDGET_S" "$TOTAL" "$WORK"
 rc=$?
 if [[ $rc -gt 1 ]]; then echo "FAIL report: tools/gpu_report.py exit status $rc"; fi
 echo "=== summary (${TOTAL} s of ${BUDGET_S} s):"

@@ -1,10 +1,11 @@
 """Write gpu_check.json and gpu_check.md from the stage records of tools/gpu_check.sh (standard library only).
 
-usage: python3 tools/gpu_report.py STAGES_TSV OUT_DIR DRY_RUN BUDGET_S TOTAL_S
+usage: python3 tools/gpu_report.py STAGES_TSV OUT_DIR DRY_RUN BUDGET_S TOTAL_S [EXTRA_DIR]
 
 STAGES_TSV: one line per stage, ``name<TAB>status<TAB>budget_s<TAB>seconds<TAB>detail``. Reads, when
 present, ``OUT_DIR/correctness.xml`` (pytest junit, one row per test with its recorded properties)
-and the benchmark JSONs (``{"benchmark", "meta", "rows"}``). The card comes from ``nvidia-smi``,
+and the benchmark JSONs (``{"benchmark", "meta", "rows"}``) in OUT_DIR or EXTRA_DIR (files kept out
+of OUT_DIR because the device tool returns only 8: their rows live on in gpu_check.json). The card comes from ``nvidia-smi``,
 else ``torch.cuda.get_device_name``; the commit from ``git rev-parse HEAD``, else ``.whl/COMMIT``
 (written by tools/gpu_wheels.sh: the device tool copies the working tree without .git).
 Exit status 0 when no stage failed.
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-BENCH_FILES = ("bench_search.json", "bench_retrain.json", "bench_data.json", "bench_search_compile.json")
+BENCH_FILES = ("bench_search.json", "bench_search-packed.json", "bench_retrain.json", "bench_data.json",
+               "bench_search_compile.json")
 MAX_BENCH_ROWS = 24
 
 
@@ -173,7 +175,8 @@ def main(argv: list[str]) -> int:
     stages_tsv, out, dry, budget, total = Path(argv[0]), Path(argv[1]), argv[2] == "1", int(argv[3]), int(argv[4])
     stages = read_stages(stages_tsv)
     failed = [s["stage"] for s in stages if s["status"] == "FAIL"]  # TIMEOUT: an optional stage only
-    benchmarks = {name: b for name in BENCH_FILES if (b := read_bench(out / name)) is not None}
+    dirs = [out] + [Path(d) for d in argv[5:6]]
+    benchmarks = {name: b for name in BENCH_FILES for d in dirs if (b := read_bench(d / name)) is not None}
     report = {"status": "FAIL" if failed else "PASS", "failed_stages": failed, "dry_run": dry, "budget_s": budget,
               "total_s": total, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": torch_facts(),
               "source": commit(), "stages": stages, "correctness": read_junit(out / "correctness.xml"),
