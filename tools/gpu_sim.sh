@@ -60,9 +60,10 @@ EOF
 git clone -q "$REPO" "$SIM/repo"
 echo "clone of $(git -C "$SIM/repo" rev-parse HEAD)$(git -C "$REPO" status --porcelain --untracked-files=no | grep -q . \
   && echo ' (the checkout has uncommitted changes: not in the clone)')"
-rm -rf "$SIM/repo/.git"
 if ! compgen -G "$REPO/.whl/*.whl" >/dev/null; then bash "$REPO/tools/gpu_wheels.sh"; fi
 cp -r "$REPO/.whl" "$SIM/repo/.whl"
+echo "$(git -C "$SIM/repo" rev-parse HEAD) clean $(date -u +%FT%TZ)" >"$SIM/repo/.whl/COMMIT"  # the clone's
+rm -rf "$SIM/repo/.git"
 echo "set-up: $(($(date +%s) - t0)) s"
 
 t1=$(date +%s)
