@@ -1,4 +1,4 @@
-"""The benchmarks run in a tiny mode and return sane rows (no timing assertions)."""
+"""The benchmarks run in a tiny mode and return sane rows (no timing assertions); the GPU check: test_gpu_check_script.py."""
 
 import functools
 import json

@@ -1,153 +1,197 @@
 #!/usr/bin/env bash
-# The prepared GPU check for a lent H100/H200: CUDA correctness, then the search and data benchmarks.
+# The prepared GPU check for a lent H100/H200: CUDA correctness (pytest -m gpu), then the benchmarks.
 #
-# usage (from the repo root):  tools/gpu_check.sh [--cpu-dry-run]
-#   --cpu-dry-run  the same stages on CPU at tiny sizes (no GPU needed): tests the plumbing.
+# usage (from anywhere):  bash tools/gpu_check.sh [--cpu-dry-run] [OUT_DIR]
+#   OUT_DIR        where the report goes: default $OUT (the device tool's folder), else /tmp/gpu_check
+#   --cpu-dry-run  the same stages on CPU at tiny sizes (no GPU needed): tests the plumbing
+#                  (tools/gpu_sim.sh runs it in a copy of the GPU image's environment).
 #
-# Stages, each under its own time limit, each ending in one PASS/FAIL/SKIP/TIMEOUT line:
-#   env          python ($PYTHON, else .venv/bin/python if present, else python3), torch, CUDA; on a GPU
-#                machine installs the project with `pip install -e .` only if torch is missing or
-#                CPU-only (never in a dry run); otherwise runs from the checkout (PYTHONPATH) and takes pure-Python
-#                dependencies the image lacks (hydra, omegaconf, antlr4) from carried venv folders
-#                (.venv/lib/python3.*/site-packages/<pkg>) or wheels in ${WHEELS:-.whl}.
-#   correctness  tools/gpu_check.py (supernet fwd/bwd CUDA vs CPU, bf16 loss, alpha gradients,
-#                second order in fp32 under autocast, DeviceLoader CUDA vs CPU, 2-epoch tiny search,
-#                packed seeds vs separate searches, search and retrain CUDA graph vs eager,
-#                bf16 vs fp32 genotype of one small search: the evidence search.amp's default waits on).
-#   bench_search `unrealnas bench search` paper preset, darts and darts2, baseline vs optimised, then
-#                the packed-seed rows: single engine vs packed S=1 and S=5, eager and CUDA graph
-#                (ops_per_iter, s/iter, images/s, paper_seeds_h).
-#   bench_data   `unrealnas bench data quick=true`.
-#   bench_compile `unrealnas bench search methods=darts compile=true` (last and optional: compiling may
-#                be slow; running out of time there is TIMEOUT, not FAIL).
-# Output: everything tee'd to $OUT/gpu_check.log; $OUT/gpu_check.json (stages, rc, seconds) plus
-# the JSON of each stage (gpu_check_correctness.json, bench_search.json, bench_data.json,
-# bench_search-packed.json, bench_search_compile.json). OUT defaults to /tmp/gpu_check. Budget: the
-# first stages take about 3-5 minutes on an H100 (limits 180 + 180 + 80 s); the compile stage gets what is left of
-# ${GPU_CHECK_BUDGET_S:-520} s (at least 60 s), so the whole script ends within about 9 minutes (one device call is at most 10).
+# With the device tool (docs/benchmarks.md, "On a lent GPU"): run `bash tools/gpu_wheels.sh` here
+# first, then one call: carry [".whl"], command `bash tools/gpu_check.sh`, timeout_s 560.
 #
-# With the device tool: carry [".venv/lib/python3.11/site-packages/hydra",
-# ".venv/lib/python3.11/site-packages/omegaconf", ".venv/lib/python3.11/site-packages/antlr4"]
-# and run `bash tools/gpu_check.sh` with timeout_s 600.
+# Stages, each with a budget (seconds, constants below) printed at its start and its time at its end;
+# one PASS/FAIL/SKIP/TIMEOUT line each. A stage runs under `timeout` with min(its budget, what is left
+# of BUDGET_S); a stage that would start with less than half its budget left is SKIPPED, so the
+# script ends within BUDGET_S (480 s = 8 minutes) plus a few seconds for the report.
+#   env            python ($PYTHON, else .venv/bin/python of the checkout, else python3); the wheels in
+#                  .whl/ (hydra-core, omegaconf, antlr4: tools/gpu_wheels.sh) installed with
+#                  `pip install --no-index --no-deps --target $SITE` when hydra/omegaconf are missing;
+#                  PYTHONPATH=$SITE:$REPO. Never installs or replaces torch.
+#   correctness    `pytest -m gpu -k cuda tests/test_gpu.py` (the cuda variants; the cpu ones run in the
+#                  ordinary suite) -> correctness.xml (junit, measured values as properties). Only that
+#                  file: collecting tests/ would import submitit (tests/test_launch.py), absent there.
+#                  Dry run: `-m 'gpu and not slow'` (the quick cpu variants).
+#   bench_search   `unrealnas bench search preset=paper steps=8 warmup=3 packed=1,5` -> bench_search.json:
+#                  darts and darts2; per_edge vs the engine at S=1 and S=5; fp32 and bf16; eager and
+#                  graph (first order); every row SearchEngine.step, with ops and paper-search hours
+#   bench_retrain  `unrealnas bench retrain preset=paper train.cuda_graph=on targets=cifar10,imagenet`:
+#                  eager images/s and, the same step replayed as a CUDA graph, graph_images_per_s
+#                  -> bench_retrain.json
+#   bench_data     `unrealnas bench data quick=true` -> bench_data.json
+#   bench_compile  optional, only with >= its budget left: `bench search methods=darts compile=true`
+#                  (out of time there is TIMEOUT, not FAIL); its rows go into gpu_check.json/.md only
+# OUT_DIR then holds at most 7 files (the device tool returns 8): gpu_check.json, gpu_check.md,
+# gpu_check.log, correctness.xml, bench_search.json, bench_retrain.json, bench_data.json.
+# Exit status 0 when no stage FAILED.
 set -uo pipefail
+
+# ---------------------------------------------------------------- budgets (seconds)
+BUDGET_S=${GPU_CHECK_BUDGET_S:-480}
+B_ENV=30
+B_CORRECTNESS=200
+B_SEARCH=150
+B_RETRAIN=50
+B_DATA=50
+B_COMPILE=120
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO" || exit 2
-OUT=${OUT:-/tmp/gpu_check}
-mkdir -p "$OUT"
+DRY=0
+OUT_ARG=""
+for a in "$@"; do
+  case $a in
+    --cpu-dry-run) DRY=1 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    *) OUT_ARG=$a ;;
+  esac
+done
+OUT=${OUT_ARG:-${OUT:-/tmp/gpu_check}}
+mkdir -p "$OUT" || exit 2
+OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/gpu_check.log
 : >"$LOG"
 exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-
-DRY=0
-if [[ "${1:-}" == "--cpu-dry-run" ]]; then DRY=1; fi
-# the checkout's venv where there is one (a dev machine); the image's python3 on a bare device machine
-if [[ -z "${PYTHON:-}" && -x "$REPO/.venv/bin/python" ]]; then PY=$REPO/.venv/bin/python; else PY=${PYTHON:-python3}; fi
+if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
+elif [[ -x "$REPO/.venv/bin/python" ]]; then PY=$REPO/.venv/bin/python
+else PY=python3
+fi
+WORK=$(mktemp -d /tmp/gpu_check_work.XXXX)
+STAGES=$WORK/stages.tsv
+: >"$STAGES"
 START=$(date +%s)
-STAGES=()
 
-record() {  # record NAME STATUS RC SECONDS DETAIL
-  STAGES+=("$(printf '{"stage": "%s", "status": "%s", "rc": %s, "seconds": %s, "detail": "%s"}' "$1" "$2" "$3" "$4" "${5//\"/\'}")")
-  echo "$2 $1: ${5} [${4} s]"
+left() { echo $((BUDGET_S - ($(date +%s) - START))); }
+
+record() {  # record NAME STATUS BUDGET SECONDS DETAIL
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "${5//$'\t'/ }" >>"$STAGES"
+  echo "$2 $1: $5 [$4 s of $3 s]"
 }
 
-run_stage() {  # run_stage NAME LIMIT_S COMMAND...
-  local name=$1 limit=$2
+# can_start NAME BUDGET: true when at least half the stage's budget is left (else records SKIP)
+can_start() {
+  local l
+  l=$(left)
+  if ((l < $2 / 2)); then
+    record "$1" SKIP "$2" 0 "skipped: ${l} s of the ${BUDGET_S} s budget left, the stage needs at least $(($2 / 2)) s"
+    return 1
+  fi
+}
+
+run_stage() {  # run_stage NAME BUDGET COMMAND...
+  local name=$1 budget=$2
   shift 2
-  echo "=== $name (limit ${limit} s): $*"
-  local t0 rc
+  can_start "$name" "$budget" || return 0
+  local limit l t0 rc dt
+  l=$(left)
+  limit=$((budget < l ? budget : l))
+  echo "=== $name: budget ${budget} s, limit ${limit} s, $(left) s of ${BUDGET_S} s left: $*"
   t0=$(date +%s)
-  timeout --kill-after=10 "$limit" "$@"
+  timeout --kill-after=5 "$limit" "$@"
   rc=$?
-  local dt=$(($(date +%s) - t0))
+  dt=$(($(date +%s) - t0))
+  echo "=== $name: ${dt} s (budget ${budget} s), exit status $rc"
   if [[ $rc -eq 0 ]]; then
-    record "$name" PASS 0 "$dt" "ok"
+    record "$name" PASS "$budget" "$dt" "ok"
   elif [[ ($rc -eq 124 || $rc -eq 137) && ${OPTIONAL:-0} -eq 1 ]]; then
-    record "$name" TIMEOUT "$rc" "$dt" "optional stage: no result within ${limit} s (not counted as a failure)"
+    record "$name" TIMEOUT "$budget" "$dt" "optional stage: no result within ${limit} s (not a failure)"
   elif [[ $rc -eq 124 || $rc -eq 137 ]]; then
-    record "$name" FAIL "$rc" "$dt" "timed out after ${limit} s"
+    record "$name" FAIL "$budget" "$dt" "timed out after ${limit} s"
   else
-    record "$name" FAIL "$rc" "$dt" "exit status $rc"
+    record "$name" FAIL "$budget" "$dt" "exit status $rc"
   fi
 }
 
 # ---------------------------------------------------------------- env
-echo "=== env: $(date -u +%FT%TZ) repo $REPO dry_run=$DRY"
-command -v nvidia-smi >/dev/null && nvidia-smi -L
+echo "=== env: budget ${B_ENV} s; $(date -u +%FT%TZ) repo $REPO out $OUT dry_run=$DRY python $PY"
 t0=$(date +%s)
-need_install=0
-if [[ $DRY -eq 1 ]]; then
-  echo "dry run: using $PY as it is (never installs anything)"
-elif ! $PY -c "import torch" 2>/dev/null; then
-  echo "torch is not importable: installing the project"
-  need_install=1
-elif [[ $DRY -eq 0 ]] && ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  echo "torch is CPU-only here: installing the project (its torch pin brings a CUDA build)"
-  need_install=1
-fi
-if [[ $need_install -eq 1 ]]; then
-  $PY -m pip install -q -e . || echo "pip install -e . failed (no network on the device machine?)"
-fi
-# run from this checkout, installed or not
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-SITE=$(mktemp -d /tmp/gpu_check_site.XXXX)
-for mod in hydra omegaconf antlr4; do
-  if ! $PY -c "import $mod" 2>/dev/null; then
-    carried=$(ls -d "$REPO"/.venv/lib/python3*/site-packages/"$mod" 2>/dev/null | head -n 1)
-    if [[ -n "$carried" ]]; then
-      ln -s "$carried" "$SITE/$mod" && echo "using carried $carried"
-    elif compgen -G "${WHEELS:-$REPO/.whl}/*.whl" >/dev/null; then
-      $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${WHEELS:-$REPO/.whl}"/*.whl
-    fi
+ENV_OK=1
+env_detail="ok"
+command -v nvidia-smi >/dev/null && nvidia-smi -L
+if [[ $DRY -eq 1 ]]; then SITE=${GPU_CHECK_SITE:-$WORK/site}; else SITE=${GPU_CHECK_SITE:-/tmp/site}; fi
+TORCH_BEFORE=$($PY -c "import torch; print(torch.__version__, torch.__file__)" 2>&1)
+echo "torch before: $TORCH_BEFORE"
+if ! $PY -c "import hydra, omegaconf, antlr4" 2>/dev/null; then
+  if compgen -G "$REPO/.whl/*.whl" >/dev/null; then
+    echo "hydra/omegaconf/antlr4 missing: installing $(cd "$REPO/.whl" && echo *.whl) into $SITE"
+    timeout 60 $PY -m pip install --quiet --no-index --no-deps --no-compile --disable-pip-version-check --upgrade \
+      --target "$SITE" "$REPO"/.whl/*.whl || { ENV_OK=0; env_detail="pip install of .whl/*.whl failed"; }
+  else
+    ENV_OK=0
+    env_detail="hydra/omegaconf/antlr4 missing and no wheels in .whl/ (run tools/gpu_wheels.sh, carry [\".whl\"])"
   fi
-done
-export PYTHONPATH="$PYTHONPATH:$SITE"
-$PY - <<'EOF'
-import sys, torch
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.cuda.is_available()}",
-      f"({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "")
+fi
+export PYTHONPATH="$SITE:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+$PY - <<'EOF' || { ENV_OK=0; env_detail="unrealnas or a dependency does not import (see the log)"; }
+import sys, torch, hydra, omegaconf, h5py, pytest
+import unrealnas, unrealnas.cli, unrealnas.config, unrealnas.search.run, unrealnas.train.retrain
+from unrealnas.config import compose_config
+compose_config(["preset=smoke"])
+print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"hydra {hydra.__version__}, omegaconf {omegaconf.__version__}, unrealnas from {unrealnas.__file__}")
+print("cuda available:", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 EOF
-if $PY -c "import unrealnas.config, unrealnas.nas.supernet, h5py" 2>&1; then
-  record env PASS 0 $(($(date +%s) - t0)) "unrealnas importable"
-else
-  record env FAIL 1 $(($(date +%s) - t0)) "unrealnas or a dependency is not importable (see above)"
+TORCH_AFTER=$($PY -c "import torch; print(torch.__version__, torch.__file__)" 2>&1)
+if [[ "$TORCH_AFTER" != "$TORCH_BEFORE" ]]; then ENV_OK=0; env_detail="torch changed: $TORCH_BEFORE -> $TORCH_AFTER"; fi
+if [[ $ENV_OK -eq 1 && $DRY -eq 0 ]] && ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  ENV_OK=0
+  env_detail="no CUDA device visible to torch (use --cpu-dry-run without a GPU)"
 fi
-if [[ $DRY -eq 0 ]] && ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  record cuda FAIL 1 0 "no CUDA device visible to torch"
-fi
+dt=$(($(date +%s) - t0))
+echo "=== env: ${dt} s (budget ${B_ENV} s)"
+record env "$([[ $ENV_OK -eq 1 ]] && echo PASS || echo FAIL)" "$B_ENV" "$dt" "$env_detail"
 
 # ---------------------------------------------------------------- stages
-if [[ $DRY -eq 1 ]]; then
-  run_stage correctness 600 $PY tools/gpu_check.py --cpu-dry-run --out "$OUT"
-  run_stage bench_search 300 $PY -m unrealnas bench search preset=smoke device=cpu threads=1 steps=1 warmup=1 \
-    packed=1,5 json="$OUT/bench_search.json"
-  run_stage bench_data 600 $PY -m unrealnas bench data preset=smoke device=cpu threads=1 quick=true images=512 \
-    fractal=false json="$OUT/bench_data.json"
-  record bench_compile SKIP 0 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
+if [[ $ENV_OK -eq 0 ]]; then
+  for s in correctness bench_search bench_retrain bench_data bench_compile; do
+    record "$s" SKIP 0 0 "skipped: the env stage failed"
+  done
+elif [[ $DRY -eq 1 ]]; then
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m "gpu and not slow" -q -p no:cacheprovider tests/test_gpu.py \
+    -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
+  run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=smoke device=cpu threads=1 steps=1 \
+    warmup=1 packed=1,5 json="$OUT/bench_search.json"
+  run_stage bench_retrain "$B_RETRAIN" $PY -m unrealnas bench retrain preset=smoke device=cpu steps=1 \
+    targets=cifar10 train.cuda_graph=auto json="$OUT/bench_retrain.json"
+  run_stage bench_data "$B_DATA" $PY -m unrealnas bench data preset=smoke device=cpu threads=1 quick=true \
+    images=512 fractal=false json="$OUT/bench_data.json"
+  record bench_compile SKIP "$B_COMPILE" 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
-  run_stage correctness 180 $PY tools/gpu_check.py --out "$OUT"
-  run_stage bench_search 180 $PY -m unrealnas bench search preset=paper steps=10 warmup=3 packed=1,5 \
+  # -k cuda: the cuda variants only (the cpu ones, some marked slow, are the ordinary suite's)
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m gpu -k cuda -q -p no:cacheprovider tests/test_gpu.py \
+    -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
+  run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=paper steps=8 warmup=3 packed=1,5 \
     json="$OUT/bench_search.json"
-  run_stage bench_data 80 $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
-  # compiling the paper supernet may take minutes: give it what is left of the ~8 minute budget
-  left=$((${GPU_CHECK_BUDGET_S:-520} - ($(date +%s) - START)))
-  OPTIONAL=1 run_stage bench_compile $((left > 60 ? left : 60)) $PY -m unrealnas bench search preset=paper \
-    methods=darts compile=true steps=20 warmup=3 packed=null json="$OUT/bench_search_compile.json"
+  run_stage bench_retrain "$B_RETRAIN" $PY -m unrealnas bench retrain preset=paper train.cuda_graph=on \
+    targets=cifar10,imagenet json="$OUT/bench_retrain.json"
+  run_stage bench_data "$B_DATA" $PY -m unrealnas bench data quick=true json="$OUT/bench_data.json"
+  if (($(left) >= B_COMPILE)); then
+    OPTIONAL=1 run_stage bench_compile "$B_COMPILE" $PY -m unrealnas bench search preset=paper methods=darts \
+      compile=true steps=20 warmup=3 supernet=fused packed=1 json="$WORK/bench_search_compile.json"
+  else
+    record bench_compile SKIP "$B_COMPILE" 0 "optional: $(left) s left, it runs only with its whole ${B_COMPILE} s"
+  fi
 fi
 
-# ---------------------------------------------------------------- summary
+# ---------------------------------------------------------------- report
 TOTAL=$(($(date +%s) - START))
-FAILED=0
-for s in "${STAGES[@]}"; do [[ $s == *'"status": "FAIL"'* ]] && FAILED=$((FAILED + 1)); done
-{
-  printf '{"dry_run": %s, "total_s": %s, "failed": %s, "stages": [' "$([[ $DRY -eq 1 ]] && echo true || echo false)" \
-    "$TOTAL" "$FAILED"
-  (IFS=,; printf '%s' "${STAGES[*]}")
-  printf ']}\n'
-} >"$OUT/gpu_check.json"
-echo "=== summary (${TOTAL} s), $OUT/gpu_check.json:"
-for s in "${STAGES[@]}"; do echo "  $s"; done
-if [[ $FAILED -eq 0 ]]; then echo "PASS gpu_check: all stages passed in ${TOTAL} s"; else echo "FAIL gpu_check: $FAILED stage(s) failed"; fi
-rm -rf "$SITE"
-exit $((FAILED > 0))
+echo "=== report: $OUT/gpu_check.json, $OUT/gpu_check.md (${TOTAL} s)"
+$PY "$REPO/tools/gpu_report.py" "$STAGES" "$OUT" "$DRY" "$BUDGET_S" "$TOTAL" "$WORK"
+rc=$?
+if [[ $rc -gt 1 ]]; then echo "FAIL report: tools/gpu_report.py exit status $rc"; fi
+echo "=== summary (${TOTAL} s of ${BUDGET_S} s):"
+cut -f1,2,4 "$STAGES" | awk -F'\t' '{printf "  %-14s %-8s %s s\n", $1, $2, $3}'
+ls "$OUT"
+if [[ $rc -eq 0 ]]; then echo "PASS gpu_check: no stage failed in ${TOTAL} s"; else echo "FAIL gpu_check (see $OUT/gpu_check.md)"; fi
+rm -rf "$WORK"
+exit $((rc > 0))

@@ -7,14 +7,19 @@ one CUDA graph).
 Measures the model side only (forward, backward, clip, SGD/Adam step), at the sizes the
 composed config gives (``preset=paper`` or ``smoke``); data loading is excluded because the CIFAR
 loader is on-device and ImageNet/CheXpert loaders scale with ``train.num_workers``.
-Usage: ``python -m unrealnas.train.bench [key=value ...] [steps=N]``.
+Usage: ``unrealnas bench retrain [key=value ...] [steps=N] [targets=cifar10,imagenet] [json=path]``
+(or ``python -m unrealnas.train.bench ...``): one JSON line per target on stdout; ``json=`` also
+writes ``{"benchmark": "retrain", "meta": ..., "rows": [...]}``, rewritten after every target so a
+run cut short keeps the targets it finished (tools/gpu_check.sh relies on that).
 """
 
 from __future__ import annotations
 
 import json
+import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -22,6 +27,7 @@ from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.config import compose_config
 from unrealnas.cuda_graph import GraphedStep
 from unrealnas.dist import DistEnv, resolve_device
+from unrealnas.errors import UserError
 from unrealnas.models import build_network, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
 from unrealnas.train.graphed import use_train_cuda_graph
@@ -97,17 +103,32 @@ def _time_steps(step, steps: int, device: torch.device) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print one JSON line per target."""
+    """Print one JSON line per target (and write them to ``json=`` after each)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    steps = 5
+    steps, targets, out = 5, list(CLASSES), None
     overrides = []
     for a in argv:
         if a.startswith("steps="):
             steps = int(a.split("=", 1)[1])
+        elif a.startswith("targets="):
+            targets = [t for t in a.split("=", 1)[1].split(",") if t]
+            unknown = sorted(set(targets) - set(CLASSES))
+            if unknown:
+                raise UserError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(CLASSES)}")
+        elif a.startswith("json="):
+            out = Path(a.split("=", 1)[1])
         else:
             overrides.append(a)
-    for target in CLASSES:
-        print(json.dumps(bench_target(target, overrides, steps)), flush=True)
+    meta = {"host": platform.node(), "python": platform.python_version(), "torch": torch.__version__,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "steps": steps, "overrides": overrides,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    rows = []
+    for target in targets:
+        rows.append(bench_target(target, overrides, steps))
+        print(json.dumps(rows[-1]), flush=True)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"benchmark": "retrain", "meta": meta, "rows": rows}, indent=2) + "\n")
     return 0
 
 
