@@ -1,6 +1,9 @@
 """Config composition: presets, schema checks, one-line errors."""
 
+from pathlib import Path
+
 import pytest
+import torch
 
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
@@ -49,3 +52,20 @@ def test_bad_values_fail_with_one_line(override, needle):
         compose_config([override])
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
+
+
+def test_the_method_table_answers_every_stage():
+    from unrealnas.config.methods import METHODS, SAMPLED_METHODS, method
+    from unrealnas.launch.packing import pack_search_tasks
+    from unrealnas.search.graphs import graph_off_reason
+
+    assert tuple(METHODS) == ("darts", "darts2", "sgas_c1", "sgas_c2", "random") and SAMPLED_METHODS == ("random",)
+    assert [m for m in METHODS if METHODS[m].graphable] == ["darts", "sgas_c1", "sgas_c2"]
+    assert [m for m in METHODS if METHODS[m].packable] == ["darts", "darts2", "sgas_c1", "sgas_c2"]
+    with pytest.raises(ConfigError, match="search.method='nope': choose one of darts, darts2"):
+        method("nope")
+    gpu = torch.device("cuda", 0)
+    assert graph_off_reason("auto", gpu, "darts") is None and "second-order" in graph_off_reason("auto", gpu, "darts2")
+    dirs = [Path(f"/r/{s}") for s in range(3)]
+    assert len(pack_search_tasks(["search=random"], [0, 1, 2], dirs, "g", 5, "random")) == 3  # never packed
+    assert len(pack_search_tasks(["search=darts2"], [0, 1, 2], dirs, "g", 5, "darts2")) == 1

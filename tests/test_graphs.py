@@ -7,9 +7,9 @@ retrain bench reports the ops of a step.
 import pytest
 import torch
 
+from unrealnas.benchmarks.retrain import bench_target
 from unrealnas.errors import ConfigError
 from unrealnas.search.graphs import use_cuda_graph
-from unrealnas.train.bench import bench_target
 from unrealnas.train.graphed import use_train_cuda_graph
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda", 0)

@@ -9,9 +9,9 @@ from unrealnas import cli
 from unrealnas.config import compose_config
 from unrealnas.nas.genotype import RANDOM_SEARCH_STREAM, Genotype, sample_genotype
 from unrealnas.pipeline import plan_pipeline
-from unrealnas.results.collect import collect_results, parse_group, parse_result
+from unrealnas.results.collect import architecture_name, collect_results, parse_group, parse_result
 from unrealnas.results.figures import _label as figure_label
-from unrealnas.results.tables import architecture_name, build_table, render
+from unrealnas.results.tables import build_table, render
 from unrealnas.search.run import search_run_dir
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (what CI runs after tools/setup.sh):
-#   1. ruff over the repo;
+#   1. ruff over the repo, and the import contracts (pyproject.toml [tool.importlinter]: layers, no circles);
 #   2. the fast unit and integration tests (pytest's default selection: not slow, not slurm);
 #   3. the SLURM integration tests against a real one-node cluster started by slurm/test-cluster.
 # Pass extra pytest arguments through, e.g. `bash tools/test.sh -k store`.
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 
 .venv/bin/ruff check .
+.venv/bin/lint-imports
 "$PY" -m pytest -q "$@"
 
 if [[ "${UNREALNAS_SKIP_SLURM:-0}" != 1 ]]; then

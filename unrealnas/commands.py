@@ -8,25 +8,14 @@ from pathlib import Path
 
 from unrealnas.config import compose_config
 from unrealnas.config.compose import to_yaml
+from unrealnas.config.overrides import split_args
 from unrealnas.errors import UserError
-
-
-def _split_args(args: list[str]) -> tuple[list[str], list[str]]:
-    """Positional arguments vs Hydra overrides (``key=value``, ``+key=value``, ``~key``)."""
-    positional = [a for a in args if "=" not in a and not a.startswith(("~", "+"))]
-    overrides = [a for a in args if a not in positional]
-    return positional, overrides
-
-
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 
 def cmd_config(args: list[str]) -> int:
     """Print the composed config."""
-    _, overrides = _split_args(args)
+    _, overrides = split_args(args)
     print(to_yaml(compose_config(overrides)), end="")
     return 0
 
@@ -35,7 +24,7 @@ def cmd_generate(args: list[str]) -> int:
     """Generate the dataset the config describes and print its folder; ``--repair [folder]`` fixes bad shards."""
     from unrealnas.data.generators import generate_dataset, repair_dataset
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if "--repair" in positional:
         rest = [p for p in positional if p != "--repair"]
         if len(rest) > 1 or any(p.startswith("-") for p in rest):
@@ -58,7 +47,7 @@ def cmd_generate(args: list[str]) -> int:
 
 
 def _one_folder(verb: str, args: list[str]) -> tuple[Path, list[str]]:
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if len(positional) != 1:
         raise UserError(f"usage: unrealnas {verb} <dataset folder> [key=value...]")
     return Path(positional[0]), overrides
@@ -111,7 +100,7 @@ def cmd_search(args: list[str]) -> int:
     """Run (or resume) one architecture search."""
     from unrealnas.search.run import run_search
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if positional:
         raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
     cfg = compose_config(overrides)
@@ -129,7 +118,7 @@ def cmd_search(args: list[str]) -> int:
 
 def cmd_bench(args: list[str]) -> int:
     """Run a benchmark: ``bench data|search|retrain|aggregate``."""
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     what = positional[0] if positional else "data"
     if what == "data":
         from unrealnas.benchmarks.data import main as bench_main
@@ -138,7 +127,7 @@ def cmd_bench(args: list[str]) -> int:
     elif what == "aggregate":
         from unrealnas.benchmarks.aggregate import main as bench_main
     elif what == "retrain":
-        from unrealnas.train.bench import main as bench_main
+        from unrealnas.benchmarks.retrain import main as bench_main
     else:
         raise UserError(f"unknown benchmark {what!r}; choose data, search, retrain or aggregate")
     return bench_main(overrides)

@@ -15,8 +15,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from unrealnas.config.sweep import expand_sweep, override_key, sweep_keys
+from unrealnas.config.overrides import override_key
+from unrealnas.config.sweep import expand_sweep, sweep_keys
 from unrealnas.errors import UserError
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
@@ -47,11 +49,6 @@ STAGE_VERBS = ("generate", "search", "retrain")  # resumable stages with a known
 # Verbs that read a folder given on the command line and take only a few options (no paths.*).
 FOLDER_VERBS = ("verify", "inspect", "export-ffcv", "table", "plot", "status")
 
-
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
 
 
 def _split(args: Sequence[str]) -> tuple[list[str], list[str]]:

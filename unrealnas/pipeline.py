@@ -32,10 +32,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.config.methods import SAMPLED_METHODS
+from unrealnas.config.overrides import override_key, split_args
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task, dependency_of, submit_array, wait_all
 from unrealnas.launch.packing import pack_search_tasks, resolve_pack_seeds
-from unrealnas.results.collect import MISSING, SAMPLED_METHODS
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
+from unrealnas.results.collect import MISSING
 
 # Keys the pipeline sets per task from the experiment; a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method", "train", "train.target", "seed",
@@ -57,11 +60,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./+:@-]+$")
 
 
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
-
 
 def quote_override(value: str | Path) -> str:
     """A Hydra override value: bare when plain, else single-quoted (paths with commas or spaces)."""
@@ -69,11 +67,6 @@ def quote_override(value: str | Path) -> str:
     if _PLAIN.match(text):
         return text
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def override_key(override: str) -> str:
-    """The key an override sets: ``+a.b=1`` -> ``a.b``."""
-    return override.lstrip("+~").split("=", 1)[0]
 
 
 @dataclass
@@ -522,11 +515,10 @@ def table_stage(args: list[str]) -> Path:
 
 def cmd_pipeline(args: list[str]) -> int:
     """``unrealnas pipeline +experiment=<name> launcher=slurm|local [--dry-run] [--wait] [overrides]``."""
-    from unrealnas.commands import _split_args
     from unrealnas.config import compose_config
     from unrealnas.launch import format_status, status
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     flags = {"--dry-run", "--wait"}
     unknown = [p for p in positional if p not in flags]
     if unknown:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from unrealnas.analysis.plan import KINDS, plan_analysis, run_analysis
-from unrealnas.commands import _say, _split_args
+from unrealnas.config.overrides import split_args
 from unrealnas.errors import UserError
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 
 def cmd_analyze(args: list[str]) -> int:
@@ -14,7 +15,7 @@ def cmd_analyze(args: list[str]) -> int:
     from unrealnas.config import compose_config
     from unrealnas.launch import format_status, status, wait_all
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     kinds = [p for p in positional if p in KINDS]
     flags = {"--dry-run", "--wait"}
     unknown = [p for p in positional if p not in flags and p not in KINDS]

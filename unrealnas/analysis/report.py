@@ -27,11 +27,6 @@ from unrealnas.launch.task import read_result
 RESULT_FILE = "result.json"
 
 
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
-
 
 def _fmt(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -49,6 +49,8 @@ from omegaconf import DictConfig, OmegaConf
 from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.benchmarks.table import machine_info, pop_options, report, set_threads
 from unrealnas.config import compose_config
+from unrealnas.config.methods import ITERATIVE_METHODS
+from unrealnas.config.methods import method as method_facts
 from unrealnas.config.schema import DataConfig, SearchConfig
 from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
@@ -58,7 +60,7 @@ from unrealnas.runtime import autocast_for, resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
 from unrealnas.search.state import ValStream
 
-METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2")
+METHODS = ITERATIVE_METHODS  # what can be timed: the supernet searches
 SUPERNETS = ("per_edge", "fused")
 PRECISIONS = ("fp32", "bf16")
 GRAPHS = ("eager", "graph")
@@ -178,7 +180,7 @@ def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precis
             for supernet in supernets:
                 for S in ([1] if supernet == "per_edge" else seeds):
                     for graph in graphs:
-                        if graph == "graph" and (device.type != "cuda" or method == "darts2"
+                        if graph == "graph" and (device.type != "cuda" or not method_facts(method).graphable
                                                  or supernet == "per_edge"):
                             continue
                         out.append({"method": method, "supernet": supernet, "seeds": S, "precision": precision,

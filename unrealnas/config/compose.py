@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.config.methods import SEARCH_METHODS
 from unrealnas.errors import ConfigError
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
-SEARCH_METHODS = ("darts", "darts2", "sgas_c1", "sgas_c2", "random")
 SPLITS = ("same_flipped", "other_half")
 
 
@@ -38,8 +38,8 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool =
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from unrealnas.config.overrides import refuse_hydra_overrides
     from unrealnas.config.schema import register_schemas
-    from unrealnas.config.sweep import refuse_hydra_overrides
 
     refuse_hydra_overrides(overrides)
     register_schemas()

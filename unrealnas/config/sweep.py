@@ -13,21 +13,9 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+from unrealnas.config.compose import conf_dir
+from unrealnas.config.overrides import override_key, refuse_hydra_overrides
 from unrealnas.errors import UserError
-
-
-def override_key(override: str) -> str:
-    """The key an override sets: ``+a.b=1`` -> ``a.b``, ``~a`` -> ``a``."""
-    return override.lstrip("+~").split("=", 1)[0]
-
-
-def refuse_hydra_overrides(overrides: Sequence[str]) -> None:
-    """UserError for ``hydra.*`` overrides: unrealnas composes its config without Hydra's app runner."""
-    for o in overrides:
-        key = override_key(o)
-        if key == "hydra" or key.startswith("hydra."):
-            raise UserError(f"{o!r}: hydra.* settings are not used here (no Hydra app runner: runs go to "
-                            "paths.runs, sweeps are -m, logs follow log_level); drop it")
 
 
 def _parser() -> Any:
@@ -35,8 +23,6 @@ def _parser() -> Any:
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from unrealnas.config.compose import conf_dir
 
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir())))
     return OverridesParser.create(config_loader=loader)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from unrealnas.config.methods import method as method_facts
 from unrealnas.errors import ConfigError
 from unrealnas.launch.task import Task
 
@@ -47,7 +48,7 @@ def resolve_pack_seeds(cfg: DictConfig, launcher: DictConfig | None = None) -> i
 def pack_search_tasks(cell_overrides: Sequence[str], seeds: Sequence[int], run_dirs: Sequence[Path], group: str,
                       pack: int, method: str) -> list[Task]:
     """The search tasks of one cell: chunks of ``pack`` seeds (``seeds=[...]``), single seeds as ``seed=N``."""
-    if method == "random":  # a sampled cell has no iterations to share
+    if not method_facts(method).packable:  # a sampled cell has no iterations to share
         pack = 1
     tasks = []
     for i in range(0, len(seeds), pack):

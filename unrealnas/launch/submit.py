@@ -26,14 +26,10 @@ from unrealnas.launch.records import outcome_path, task_entry, write_record
 from unrealnas.launch.task import Task, run_task
 from unrealnas.lock import AlreadyRunning
 from unrealnas.observe import bar, counter
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 DEPENDENCY_KINDS = ("afterok", "afterany", "afternotok")
 
-
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
 
 
 # ---- jobs and dependencies -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from unrealnas.errors import UserError
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 RESULT_FILE = "result.json"
 MANIFEST_FILE = "manifest.json"  # a dataset folder is complete once its manifest exists
@@ -114,11 +115,6 @@ def _import_callable(spec: str) -> Callable[[list[str]], Any]:
         raise UserError(f"task verb {spec!r}: {module_name} has no function {attr!r}")
     return func
 
-
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
 
 
 def run_task(task: Task, progress: Callable[[str], None] | None = None) -> Path | None:

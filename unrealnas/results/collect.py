@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unrealnas.config.methods import (  # sampled cells: no search data, label or classes (MISSING)
+    METHODS,
+    SAMPLED_METHODS,
+)
 from unrealnas.finite import nonfinite_note
 
 RESULT_FILE = "result.json"
@@ -25,7 +29,6 @@ KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
 LABELS = ("random", "true")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
-SAMPLED_METHODS = ("random",)  # searches that sample their cell: no search data, label or classes (MISSING)
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
 # Cell of a sweep: (method, search_data, search_label, num_classes); a table row groups by it.
@@ -279,3 +282,15 @@ def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = N
         cell, target = parse_group(t.stage, t.group)
         failures.append(Failure(t.stage, t.run_dir, t.log, t.note, cell, target))
     return failures, list(report.warnings)  # status() re-reads the records: its warnings include ours
+
+
+def architecture_name(cell: Cell) -> str:
+    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
+    method, data, label, classes = cell
+    m = METHODS[method].display if method in METHODS else method
+    if data == MISSING:
+        return m
+    if label == "random":
+        suffix = f" ({classes} classes)" if classes is not None else ""
+        return f"UnrealNAS-{m}-{data.upper()}{suffix}"
+    return f"{m}-{data.upper()} (true labels)"

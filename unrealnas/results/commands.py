@@ -5,17 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from unrealnas.errors import UserError
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 from unrealnas.results.tables import FORMATS
 
 TABLE_USAGE = ("usage: unrealnas table [runs dir] [--format markdown|latex|csv|cost] [repeats=N] [out=<file>] "
                "[launcher.folder=<dir>]")
 PLOT_USAGE = "usage: unrealnas plot [runs dir] [out=<dir>] [formats=png,pdf] [cells=true|false]"
 
-
-def _say(msg: str) -> None:
-    from unrealnas.observe import say  # timestamped, on the unrealnas logger
-
-    say(msg)
 
 
 def _parse(args: list[str], allowed: set[str], usage: str) -> tuple[Path, dict[str, str]]:

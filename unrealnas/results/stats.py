@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unrealnas.results.collect import Cell, Collection, RunResult
+from unrealnas.config.methods import RANDOM_METHOD
+from unrealnas.results.collect import Cell, Collection, RunResult, architecture_name
 
-RANDOM_METHOD = "random"
 TRUE_LABEL = "true"
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 9999
@@ -181,8 +181,6 @@ def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], 
 
 def search_notes(collection: Collection) -> list[str]:
     """One line per searched cell: mean entropy of softmax(alpha) at the start and end, and architecture steps."""
-    from unrealnas.results.tables import architecture_name
-
     by_cell: dict[Cell, list[RunResult]] = defaultdict(list)
     for r in collection.completed("search"):
         if "alpha_entropy_end" in r.metrics:

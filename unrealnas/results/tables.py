@@ -17,7 +17,15 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from unrealnas.results.collect import MISSING, PRETRAINED_SUFFIX, Cell, Collection, Failure, RunResult
+from unrealnas.config.methods import SEARCH_METHODS
+from unrealnas.results.collect import (
+    PRETRAINED_SUFFIX,
+    Cell,
+    Collection,
+    Failure,
+    RunResult,
+    architecture_name,
+)
 from unrealnas.results.stats import (
     COMPARISON_COLUMNS,
     LEGEND,
@@ -38,8 +46,6 @@ SEARCH_TARGET = "search"  # pseudo-target of rows built from searches alone (a f
 PAPER_METRICS = {"cifar10": ("top1_err",), "cifar100": ("top1_err",), "imagenet": ("top1_err", "top5_err"),
                  "chexpert": ("auroc",), SEARCH_TARGET: ("val_acc",)}
 METRIC_ORDER = ("top1_err", "top5_err", "auroc", "val_acc")
-METHOD_NAMES = {"darts": "DARTS", "darts2": "DARTS (2nd order)", "sgas_c1": "SGAS (Cri.1)", "sgas_c2": "SGAS (Cri.2)",
-                "random": "Random cell"}
 DATA_ORDER = ("rlrd", "rlgd", "rlrn", "cifar10", "cifar100")
 TARGET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "imagenet": "ImageNet", "chexpert": "CheXpert",
                 "search": "search"}
@@ -108,7 +114,7 @@ def summarize(values: Sequence[float], metric: str) -> tuple[float | None, float
 
 def _cell_sort_key(cell: Cell) -> tuple:
     method, data, label, classes = cell
-    methods = tuple(METHOD_NAMES)
+    methods = SEARCH_METHODS
     return (methods.index(method) if method in methods else len(methods), method,
             label != "random", DATA_ORDER.index(data) if data in DATA_ORDER else len(DATA_ORDER), data,
             -1 if classes is None else classes)
@@ -239,18 +245,6 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
 
 def _num(v: float | None, digits: int = 2) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
-
-
-def architecture_name(cell: Cell) -> str:
-    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
-    method, data, label, classes = cell
-    m = METHOD_NAMES.get(method, method)
-    if data == MISSING:
-        return m
-    if label == "random":
-        suffix = f" ({classes} classes)" if classes is not None else ""
-        return f"UnrealNAS-{m}-{data.upper()}{suffix}"
-    return f"{m}-{data.upper()} (true labels)"
 
 
 def _column_name(target: str, metric: str) -> str:

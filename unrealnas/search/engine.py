@@ -52,6 +52,8 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.config.compose import to_yaml
+from unrealnas.config.methods import method as method_facts
+from unrealnas.config.overrides import override_key
 from unrealnas.cuda_graph import GraphedStep
 from unrealnas.errors import ConfigError, NonFiniteError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
@@ -60,7 +62,7 @@ from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
 from unrealnas.runtime import autocast_for, provenance, resolve_device
-from unrealnas.search.graphs import use_cuda_graph
+from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
     FAULT_ENV,
     SearchRun,
@@ -117,10 +119,10 @@ class SearchEngine:
             # the readable reference (timed by the bench, checked by the tests) runs one seed, edge by edge
             raise ConfigError("search.supernet=per_edge runs one seed (the reference); pack seeds with fused")
         self.net = SuperNet.pack(models).to(device)
-        self.second_order = settings.method == "darts2"
+        self.second_order = method_facts(settings.method).second_order
         self.graph_setting = settings.cuda_graph
         self.cuda_graph = use_cuda_graph(settings.cuda_graph, device, settings.method)
-        self.graph_off_reason = _graph_off_reason(settings.cuda_graph, device, settings.method)
+        self.graph_off_reason = graph_off_reason(settings.cuda_graph, device, settings.method)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes per run: let cuDNN pick its fastest kernels
         self.forward = torch.compile(self.net) if settings.compile else self.net
@@ -502,16 +504,6 @@ class SearchEngine:
                 "channels_last": self.settings.channels_last}
 
 
-def _graph_off_reason(setting: str, device: torch.device, method: str) -> str | None:
-    if setting == "off":
-        return "search.cuda_graph=off"
-    if device.type != "cuda":
-        return f"no CUDA device ({device})"
-    if method == "darts2":
-        return "second-order DARTS is not captured"
-    return None
-
-
 def _autocast(device: torch.device, amp: str, graph: bool) -> contextlib.AbstractContextManager:
     ctx = autocast_for(device, amp)
     if graph and isinstance(ctx, torch.autocast):
@@ -619,7 +611,7 @@ def packed_seeds(cfg: DictConfig) -> list[int] | None:
 
 def check_seed_overrides(overrides: Sequence[str]) -> None:
     """``seeds=[...]`` and ``seed=N`` on one command line are ambiguous: ConfigError."""
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    keys = {override_key(o) for o in overrides}
     if "seeds" in keys and "seed" in keys:
         raise ConfigError("seeds=[...] and seed=N together: give either the list or one seed")
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import torch
 
+from unrealnas.config.methods import method as method_facts
 from unrealnas.cuda_graph import GRAPH_SETTINGS, GraphedStep
 from unrealnas.errors import ConfigError
 
-__all__ = ["GraphedStep", "use_cuda_graph"]
+__all__ = ["GraphedStep", "graph_off_reason", "use_cuda_graph"]
 
 
 def use_cuda_graph(setting: str, device: torch.device, method: str) -> bool:
@@ -31,6 +32,17 @@ def use_cuda_graph(setting: str, device: torch.device, method: str) -> bool:
         raise ConfigError(f"search.cuda_graph={setting!r}: choose auto, on or off")
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=on needs a CUDA device, this run is on {device}; use auto or off")
-    if setting == "on" and method == "darts2":
-        raise ConfigError("search.cuda_graph=on does not capture second-order DARTS; use auto or off for darts2")
-    return device.type == "cuda" and method != "darts2" and setting != "off"
+    if setting == "on" and not method_facts(method).graphable:
+        raise ConfigError(f"search.cuda_graph=on does not capture second-order DARTS ({method}); use auto or off for it")
+    return graph_off_reason(setting, device, method) is None
+
+
+def graph_off_reason(setting: str, device: torch.device, method: str) -> str | None:
+    """Why a search runs eagerly (result.json's ``cuda_graph.reason``), or None when it replays a graph."""
+    if setting == "off":
+        return "search.cuda_graph=off"
+    if device.type != "cuda":
+        return f"no CUDA device ({device})"
+    if not method_facts(method).graphable:
+        return f"{method}: second-order DARTS is not captured"
+    return None

@@ -29,6 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from unrealnas.config.methods import method as method_facts
 from unrealnas.data.generators import check_manifest, data_seed, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import MANIFEST, load_manifest
@@ -156,7 +157,7 @@ class SearchRun:
         self.arch_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas),
                                                weight_decay=arch_wd)
         self.sgas = (SGASState(nodes=s.nodes, base_batch_size=s.batch_size, batch_increase=s.sgas.batch_increase,
-                               history_size=s.sgas.history_size) if s.method.startswith("sgas") else None)
+                               history_size=s.sgas.history_size) if method_facts(s.method).sgas else None)
         # Before any step (and before a resume): the initial alphas are a function of the seed.
         self.alpha_entropy_start = alpha_entropy(*self.model.alpha_softmax())
         self.epoch, self.batch = 0, 0

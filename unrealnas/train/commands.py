@@ -7,8 +7,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from unrealnas.commands import _say, _split_args
+from unrealnas.config.overrides import split_args
 from unrealnas.errors import ConfigError, UserError
+from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 
 # Output size of each target, so ``describe`` needs no data on disk.
 TARGET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000, "chexpert": 5}
@@ -19,7 +20,7 @@ def cmd_retrain(args: list[str]) -> int:
     from unrealnas.config import compose_config
     from unrealnas.train.retrain import run_retrain
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if positional:
         raise UserError(f"retrain takes only key=value overrides, got {' '.join(positional)}")
     print(run_retrain(compose_config(overrides), progress=_say))
@@ -33,7 +34,7 @@ def cmd_describe(args: list[str]) -> int:
     from unrealnas.train.retrain import check_train_config, network_kind, resolve_genotype
     from unrealnas.train.target import FIXED_32PX_TARGETS
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if positional:
         raise UserError(f"describe takes only key=value overrides, got {' '.join(positional)}")
     cfg = compose_config(overrides)
@@ -71,10 +72,10 @@ def cmd_evaluate(args: list[str]) -> int:
     from unrealnas.config.schema import Config
     from unrealnas.models import build_network
     from unrealnas.train.loop import evaluate
+    from unrealnas.train.registry import build_target
     from unrealnas.train.retrain import fingerprint_of, loop_options, resolve_genotype, target_spec
-    from unrealnas.train.target import build_target
 
-    positional, overrides = _split_args(args)
+    positional, overrides = split_args(args)
     if len(positional) != 1:
         raise UserError("usage: unrealnas evaluate <retrain run dir> [key=value overrides, e.g. device=cpu]")
     run_dir = Path(positional[0])

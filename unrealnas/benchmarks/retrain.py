@@ -8,7 +8,7 @@ Measures the model side only (forward, backward, clip, SGD/Adam step), at the si
 composed config gives (``preset=paper`` or ``smoke``); data loading is excluded because the CIFAR
 loader is on-device and ImageNet/CheXpert loaders scale with ``train.num_workers``.
 Usage: ``unrealnas bench retrain [key=value ...] [steps=N] [targets=cifar10,imagenet] [json=path]``
-(or ``python -m unrealnas.train.bench ...``): one JSON line per target on stdout; ``json=`` also
+(or ``python -m unrealnas.benchmarks.retrain ...``): one JSON line per target on stdout; ``json=`` also
 writes ``{"benchmark": "retrain", "meta": ..., "rows": [...]}``, rewritten after every target so a
 run cut short keeps the targets it finished (tools/gpu_check.sh relies on that).
 """
