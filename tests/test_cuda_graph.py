@@ -276,7 +276,7 @@ def test_retrain_records_the_graph_outcome(tmp_path: Path, cifar_root, monkeypat
 
 
 def test_bench_graph_row_through_the_fake(monkeypatch):
-    from unrealnas.train import bench
+    from unrealnas.benchmarks import retrain as bench
 
     made: list[GraphedStep] = []
 
