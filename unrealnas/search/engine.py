@@ -153,6 +153,7 @@ class SearchEngine:
                 buffers[n])
             o += buffers[n].numel()
         self.counters = [n for n, b in buffers.items() if not b.is_floating_point() and n.endswith("num_batches_tracked")]
+        self.counter_bufs = [buffers[n] for n in self.counters]  # updated in place: looked up once, not per pass
         # num_batches_tracked is one counter per packed BN; a seed whose op was switched off keeps its own
         self.frozen_counts: dict[tuple[int, str], int] = {}
         seed_buffers = [dict(m.named_buffers()) for m in models]
@@ -337,7 +338,7 @@ class SearchEngine:
         # by batch statistics: the outputs do not depend on the running buffers).
         loss, _ = self._losses(x, y, amp=False)
         g = self._flat_grads(torch.autograd.grad(loss.sum(), self.params))
-        counters = [self.net.get_buffer(n) for n in self.counters]
+        counters = self.counter_bufs
         with torch.no_grad():
             w0, buf0, count0 = self.flat.clone(), self.flat_buf.clone(), torch._foreach_mul(counters, 1)
             # virtual step w' = w - xi * (momentum * buf + g + wd * w): the exact next SGD step, xi = lr
@@ -482,7 +483,7 @@ class SearchEngine:
     def graph_state(self) -> list[torch.Tensor]:
         """Every tensor an iteration changes (a graph's self-check snapshots and restores them)."""
         out = [self.flat, self.flat_buf, *self.alphas]
-        out += [self.net.get_buffer(n) for n in self.counters]
+        out += self.counter_bufs
         if self.momentum_buf is not None:
             out.append(self.momentum_buf)
         for st in self.arch_optimizer.state.values():
