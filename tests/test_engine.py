@@ -20,7 +20,8 @@ from unrealnas.io import read_jsonl
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import SuperNet, seed_slice
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings, run_seeds, seed_config
-from unrealnas.search.run import FAULT_ENV, run_search, search_run_dir
+from unrealnas.search.run import run_search
+from unrealnas.search.state import FAULT_ENV, search_run_dir
 
 torch.set_num_threads(1)
 

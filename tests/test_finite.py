@@ -12,7 +12,7 @@ from unrealnas.config import compose_config
 from unrealnas.io import read_jsonl
 from unrealnas.results.collect import collect_results
 from unrealnas.results.tables import build_table, render
-from unrealnas.search.run import _trim_metrics, search_run_dir
+from unrealnas.search.state import _trim_metrics, search_run_dir
 
 status_mod = importlib.import_module("unrealnas.launch.status")
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",

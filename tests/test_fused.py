@@ -223,7 +223,7 @@ def test_five_packed_seeds_dispatch_at_most_1_15x_one():
 
 def test_config_key_selects_the_engine_and_keeps_the_run_id():
     from unrealnas.errors import ConfigError
-    from unrealnas.search.run import search_run_id
+    from unrealnas.search.state import search_run_id
 
     assert compose_config([]).search.supernet == "fused"
     with pytest.raises(ConfigError, match="search.supernet.*fused or per_edge"):

@@ -9,7 +9,7 @@ from tests.conftest import smoke_overrides
 from unrealnas.config import compose_config
 from unrealnas.data.generators import dataset_dir, generate_dataset, random_labels
 from unrealnas.data.store import load_manifest, read_split
-from unrealnas.search.run import search_run_id
+from unrealnas.search.state import search_run_id
 
 
 def _cfg(tmp_path, *extra):

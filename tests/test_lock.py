@@ -19,7 +19,7 @@ from unrealnas.config import compose_config
 from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.launch import Task, submit_array
 from unrealnas.lock import EXIT_RUNNING_ELSEWHERE, AlreadyRunning, folder_lock, holder
-from unrealnas.search.run import search_run_dir
+from unrealnas.search.state import search_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",

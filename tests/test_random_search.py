@@ -12,7 +12,7 @@ from unrealnas.pipeline import plan_pipeline
 from unrealnas.results.collect import architecture_name, collect_results, parse_group, parse_result
 from unrealnas.results.figures import _label as figure_label
 from unrealnas.results.tables import build_table, render
-from unrealnas.search.run import search_run_dir
+from unrealnas.search.state import search_run_dir
 
 
 def test_random_search_writes_a_complete_run_without_data(tmp_path, capsys):

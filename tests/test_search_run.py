@@ -14,7 +14,8 @@ from unrealnas.data.generators import generate_dataset
 from unrealnas.errors import CheckpointError, DataError
 from unrealnas.io import read_jsonl
 from unrealnas.nas.genotype import Genotype
-from unrealnas.search.run import FAULT_ENV, run_search, search_run_dir
+from unrealnas.search.run import run_search
+from unrealnas.search.state import FAULT_ENV, search_run_dir
 
 # a search small enough to run many times: 3 cells, 2 channels, 8 px images
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",

@@ -341,7 +341,8 @@ def test_srun_two_tasks_runs_one_ddp_retrain(cluster, tmp_path, cifar_root):
 def test_preempted_search_is_requeued_and_ends_like_an_uninterrupted_one(cluster, tmp_path):
     """A real search task interrupted (USR2) mid-search: requeued, resumed from its checkpoint, same alphas."""
     from unrealnas.config import compose_config
-    from unrealnas.search.run import run_search, search_run_dir
+    from unrealnas.search.run import run_search
+    from unrealnas.search.state import search_run_dir
 
     tiny = ["preset=smoke", "search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
             "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=7",

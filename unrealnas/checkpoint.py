@@ -12,8 +12,8 @@ import torch
 
 from unrealnas.errors import CheckpointError
 from unrealnas.io import write_bytes_atomic
+from unrealnas.rundir import CHECKPOINT_FILE
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 

@@ -39,6 +39,7 @@ from unrealnas.launch import Task, dependency_of, submit_array, wait_all
 from unrealnas.launch.packing import pack_search_tasks, resolve_pack_seeds
 from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
 from unrealnas.results.collect import MISSING
+from unrealnas.rundir import PLAN_FILE, RESULT_FILE, TABLES, TRAIN, run_path
 
 # Keys the pipeline sets per task from the experiment; a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "search", "search.method", "train", "train.target", "seed",
@@ -55,7 +56,6 @@ def _search_source(data: DictConfig) -> str | None:
 
 
 TABLE_VERB = "unrealnas.pipeline:table_stage"
-PLAN_FILE = "plan.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLAIN = re.compile(r"^[A-Za-z0-9_./+:@-]+$")
 
@@ -241,7 +241,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     """Every task of the experiment in ``cfg`` (composed from ``overrides``), stage by stage."""
     from unrealnas.config import compose_config
     from unrealnas.data.generators import dataset_dir
-    from unrealnas.search.run import search_run_dir
+    from unrealnas.search.state import search_run_dir
 
     exp = cfg.experiment
     chosen = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("experiment=")), "")
@@ -347,7 +347,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                         for t_entry in order:
                             spec = exp.retrain[t_entry]
                             rid = f"{t_entry}-{sdir.name}" + (f"-r{t_seed}" if retrain_seeds else "")
-                            tdir = runs_dir / "train" / rid
+                            tdir = run_path(runs_dir, TRAIN, rid)
                             train_dirs[t_entry] = tdir
                             t_ovs = [*retrain_base[t_entry], f"genotype={quote_override(sdir)}", f"seed={t_seed}",
                                      f"train.run_id={rid}"]
@@ -360,7 +360,7 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                 # launcher.pack_seeds: the cell's seeds in packed search tasks (unrealnas.launch.packing)
                 stages["search"].tasks += pack_search_tasks(cell_ovs, seeds, cell_dirs, group, pack, str(cfg0.search.method))
 
-    tables_dir = runs_dir / "tables" / name
+    tables_dir = run_path(runs_dir, TABLES, name)
     table_task = Task(TABLE_VERB, [f"plan={quote_override(tables_dir / PLAN_FILE)}"], run_dir=tables_dir, stage="table",
                       group=name)
     ordered = [stages["generate"], stages["search"], *(s for k, s in stages.items() if k not in ("generate", "search"))]
@@ -401,7 +401,7 @@ def run_pipeline(plan: Plan, progress: Callable[[str], None] | None = None) -> P
     def before(stage: Stage, jobs: dict[str, list[Any]]) -> None:
         if stage.name == "table":
             changed = _write_plan(plan)
-            marker = plan.tables_dir / "result.json"
+            marker = plan.tables_dir / RESULT_FILE
             if (changed or any(jobs.values())) and marker.exists():
                 marker.unlink()  # new runs (or a new plan) make the old table stale
 
@@ -485,7 +485,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
             problems.append(f"figures failed: {type(e).__name__}: {e}")
             say(f"warning: figures failed: {type(e).__name__}: {e}")
     flagged = sum(1 for r in table.rows if r.flags)
-    write_json_atomic(out / "result.json", {
+    write_json_atomic(out / RESULT_FILE, {
         "kind": "table", "status": "completed", "experiment": plan["experiment"], "groups": len(table.rows),
         "flagged": flagged, "failures": len(table.failures), "problems": problems, "files": files,
         "finished_at": time.time()})

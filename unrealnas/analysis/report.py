@@ -22,10 +22,7 @@ from unrealnas.analysis.metrics import (
     target_score,
 )
 from unrealnas.io import write_bytes_atomic, write_json_atomic
-from unrealnas.launch.task import read_result
-
-RESULT_FILE = "result.json"
-
+from unrealnas.rundir import RESULT_FILE, read_result
 
 
 def _fmt(v: Any, digits: int = 2) -> str:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.config.methods import SEARCH_METHODS
 from unrealnas.errors import ConfigError
+from unrealnas.rundir import CONFIG_FILE
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
 SPLITS = ("same_flipped", "other_half")
@@ -25,7 +26,7 @@ def conf_dir() -> Path:
     """The ``conf/`` folder: $UNREALNAS_CONF, else the one shipped in the package."""
     env = os.environ.get("UNREALNAS_CONF")
     path = Path(env) if env else package_dir("conf")
-    if not (path / "config.yaml").is_file():
+    if not (path / CONFIG_FILE).is_file():
         fix = "point UNREALNAS_CONF at a folder with config.yaml" if env else "reinstall unrealnas (its conf/ is missing)"
         raise ConfigError(f"config folder {path} has no config.yaml; {fix}")
     return path

@@ -26,9 +26,7 @@ from unrealnas.launch.submit import (
 )
 from unrealnas.launch.task import (
     Task,
-    is_complete,
     planned_run_dir,
-    read_result,
     run_task,
     write_task_file,
 )
@@ -44,10 +42,8 @@ __all__ = [
     "cmd_status",
     "dependency_of",
     "format_status",
-    "is_complete",
     "pending_tasks",
     "planned_run_dir",
-    "read_result",
     "run_task",
     "slurm_parameters",
     "status",

@@ -24,11 +24,11 @@ from typing import Any
 
 from unrealnas.finite import nonfinite_note
 from unrealnas.launch.records import read_outcome, read_records
-from unrealnas.launch.task import read_result
 from unrealnas.lock import holder
+from unrealnas.rundir import SEARCH, TRAIN, is_complete, read_result
 
 STATES = ("done", "running", "pending", "failed")
-STAGE_DIRS = ("search", "train")  # run directories under <runs>/<stage>/<run-id>
+STAGE_DIRS = (SEARCH, TRAIN)  # run directories under <runs>/<stage>/<run-id>
 # SLURM job states (squeue/sacct) -> our states.
 _QUEUE_STATES = {
     "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
@@ -234,8 +234,6 @@ def status(runs_dir: str | Path, launcher_folder: str | Path | None = None) -> S
                 report.warnings.append(f"skipped {e}")
                 results[run_dir] = {"status": "failed", "error": "malformed result.json"}
         return results[run_dir]
-
-    from unrealnas.launch.task import is_complete
 
     open_entries = [(r, e) for r, e in latest.values() if not is_complete(e.get("run_dir"))]
     slurm_open = [(r, e) for r, e in open_entries if r.get("launcher") == "slurm"]

@@ -22,8 +22,8 @@ from unrealnas.config.methods import (  # sampled cells: no search data, label o
     SAMPLED_METHODS,
 )
 from unrealnas.finite import nonfinite_note
+from unrealnas.rundir import CONFIG_FILE, RESULT_FILE, is_complete
 
-RESULT_FILE = "result.json"
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
@@ -132,7 +132,7 @@ def _pretrained(run_dir: Path, data: dict[str, Any]) -> bool:
     if "pretrained" in data:
         return bool(data["pretrained"])
     try:
-        text = (run_dir / "config.yaml").read_text()
+        text = (run_dir / CONFIG_FILE).read_text()
     except OSError:
         return False
     # A line scan instead of a YAML parse: tables over thousands of runs stay fast; `pretrained`
@@ -261,7 +261,6 @@ def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = N
     """
     from unrealnas.launch.records import read_records
     from unrealnas.launch.status import status
-    from unrealnas.launch.task import is_complete
 
     runs_dir = Path(runs_dir)
     folder = Path(launcher_folder) if launcher_folder else runs_dir / "slurm"

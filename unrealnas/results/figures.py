@@ -23,9 +23,9 @@ from matplotlib.ticker import MaxNLocator
 from unrealnas.io import atomic_path, read_jsonl
 from unrealnas.results.collect import MISSING, Cell, Collection, collect_results
 from unrealnas.results.tables import PAPER_METRICS, TARGET_NAMES, lower_is_better, summarize
+from unrealnas.rundir import GENOTYPE_FILE, METRICS_FILE
 
 FORMATS = ("png", "pdf")
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -236,7 +236,7 @@ def _finite(v: object) -> bool:
 def draw_cells(collection: Collection, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """One drawing per completed search's genotype (skipped when up to date with its genotype.json)."""
     from unrealnas.nas.draw import draw_genotype
-    from unrealnas.nas.genotype import GENOTYPE_FILE, Genotype
+    from unrealnas.nas.genotype import Genotype
 
     written = []
     for r in collection.completed("search"):

@@ -61,6 +61,7 @@ from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
+from unrealnas.rundir import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, is_complete
 from unrealnas.runtime import autocast_for, provenance, resolve_device
 from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
@@ -69,7 +70,6 @@ from unrealnas.search.state import (
     _trim_metrics,
     ensure_dataset,
     finish,
-    is_complete,
     search_run_dir,
 )
 
@@ -672,18 +672,18 @@ def _run_locked(todo: Sequence[tuple[DictConfig, Path]], folders: dict[Path, Pat
             _run_locked([(c, d)], folders, say)
         return
     for r in runs:
-        _trim_metrics(r.run_dir / "metrics.jsonl", r.epoch)
-        write_bytes_atomic(r.run_dir / "config.yaml", to_yaml(r.cfg).encode())
+        _trim_metrics(r.run_dir / METRICS_FILE, r.epoch)
+        write_bytes_atomic(r.run_dir / CONFIG_FILE, to_yaml(r.cfg).encode())
     if len(runs) > 1:
         say(f"packing {len(runs)} seeds {[int(r.cfg.seed) for r in runs]} into one network")
     loop = SearchLoop(runs)
     for r in runs:
-        write_json_atomic(r.run_dir / "provenance.json", {**provenance(r.precision), **r.engine_record})
+        write_json_atomic(r.run_dir / PROVENANCE_FILE, {**provenance(r.precision), **r.engine_record})
     try:
         loop.run()
     except NonFiniteError as e:
         for r in runs:
-            write_json_atomic(r.run_dir / "result.json", {
+            write_json_atomic(r.run_dir / RESULT_FILE, {
                 "kind": "search", "status": "failed", "method": r.cfg.search.method, "search_data": r.cfg.data.name,
                 "search_label": r.manifest["label"], "num_classes": int(r.manifest["num_classes"]),
                 "seed": int(r.cfg.seed), "dataset": r.manifest["name"], "preset": r.cfg.preset, "error": str(e),

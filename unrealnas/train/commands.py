@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from unrealnas.config.overrides import split_args
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
+from unrealnas.rundir import CHECKPOINT_FILE, CONFIG_FILE
 
 # Output size of each target, so ``describe`` needs no data on disk.
 TARGET_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "imagenet": 1000, "chexpert": 5}
@@ -67,7 +68,7 @@ def cmd_evaluate(args: list[str]) -> int:
     import torch
 
     from unrealnas import dist
-    from unrealnas.checkpoint import CHECKPOINT_FILE, load_checkpoint
+    from unrealnas.checkpoint import load_checkpoint
     from unrealnas.config.compose import validate_config
     from unrealnas.config.schema import Config
     from unrealnas.models import build_network
@@ -79,7 +80,7 @@ def cmd_evaluate(args: list[str]) -> int:
     if len(positional) != 1:
         raise UserError("usage: unrealnas evaluate <retrain run dir> [key=value overrides, e.g. device=cpu]")
     run_dir = Path(positional[0])
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise UserError(f"{run_dir} is not a retrain run directory (no config.yaml)")
     try:

@@ -29,13 +29,14 @@ import torch
 from omegaconf import DictConfig
 
 from unrealnas import dist
-from unrealnas.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from unrealnas.checkpoint import load_checkpoint
 from unrealnas.config.compose import to_yaml
 from unrealnas.errors import CheckpointError, ConfigError
 from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
-from unrealnas.nas.genotype import GENOTYPE_FILE, KNOWN_GENOTYPES, Genotype
+from unrealnas.nas.genotype import KNOWN_GENOTYPES, Genotype
+from unrealnas.rundir import CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, RESULT_FILE, TRAIN, run_path
 from unrealnas.runtime import precision_name
 from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import FitResult, LoopOptions, fit
@@ -43,7 +44,6 @@ from unrealnas.train.metrics import best_on_valid
 from unrealnas.train.registry import build_target
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec
 
-RESULT_FILE = "result.json"
 PROVENANCE_KEYS = ("method", "search_data", "search_label", "num_classes", "seed")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
@@ -227,7 +227,7 @@ def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
     say = progress or (lambda _m: None)
     check_train_config(cfg.train)
     source = resolve_genotype(cfg.genotype)
-    run_dir = Path(cfg.paths.runs) / "train" / run_id_for(cfg, source)
+    run_dir = run_path(cfg.paths.runs, TRAIN, run_id_for(cfg, source))
     result_path = run_dir / RESULT_FILE
     if _completed(result_path):
         say(f"{run_dir} already completed; nothing to do")
@@ -279,7 +279,7 @@ def _retrain_locked(cfg: DictConfig, source: GenotypeSource, run_dir: Path, env:
     resume = load_checkpoint(ckpt_path, fingerprint) if ckpt_path.is_file() else None
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
+        write_bytes_atomic(run_dir / CONFIG_FILE, to_yaml(cfg).encode())
     dist.barrier()
     torch.manual_seed(int(cfg.seed))  # the initial weights are a function of the seed
     model = build_network(fingerprint["net"], source.genotype, int(cfg.train.init_channels), target.num_classes,
