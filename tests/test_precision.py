@@ -3,16 +3,16 @@
 import torch
 
 from unrealnas.config import compose_config
-from unrealnas.runtime import precision_name, search_autocast_dtype
+from unrealnas.runtime import autocast_dtype, precision_name
 
 
 def test_search_defaults_to_fp32_and_retraining_to_bf16_on_cuda():
     cfg = compose_config([])
     assert cfg.search.amp == "off" and cfg.train.amp == "auto"
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert search_autocast_dtype(cuda, "off") is None and search_autocast_dtype(cpu, "off") is None
-    assert search_autocast_dtype(cuda, "auto") == "bf16" and search_autocast_dtype(cpu, "auto") is None
-    assert search_autocast_dtype(cpu, "bf16") == "bf16"
+    assert autocast_dtype(cuda, "off") is None and autocast_dtype(cpu, "off") is None
+    assert autocast_dtype(cuda, "auto") == "bf16" and autocast_dtype(cpu, "auto") is None
+    assert autocast_dtype(cpu, "bf16") == "bf16"
 
 
 def test_precision_names():

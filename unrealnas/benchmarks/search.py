@@ -34,7 +34,6 @@ batch differs from the paper's 64 (``quick=true`` on CPU times batch 8: a paper 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -56,7 +55,7 @@ from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
 from unrealnas.io import write_json_atomic
 from unrealnas.nas.supernet import SuperNet
-from unrealnas.runtime import autocast_for, resolve_device, use_channels_last
+from unrealnas.runtime import resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
 from unrealnas.search.state import ValStream
 
@@ -164,11 +163,6 @@ def paper_hours(s_per_iter: float, batch: int) -> float:
     p = paper_schedule()
     iters = p["iters_per_epoch"] * (p["warmup_epochs"] + p["search_epochs"])
     return iters * s_per_iter * p["batch_size"] / batch / 3600.0
-
-
-def amp_enabled(device: torch.device, amp: str) -> bool:
-    """Whether ``search.amp`` turns bf16 autocast on for ``device`` (the rule of ``runtime.autocast_for``)."""
-    return not isinstance(autocast_for(device, amp), contextlib.nullcontext)
 
 
 def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precisions: list[str], graphs: list[str],

@@ -62,7 +62,7 @@ from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
 from unrealnas.rundir import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, is_complete
-from unrealnas.runtime import autocast_for, provenance, resolve_device
+from unrealnas.runtime import autocast, autocast_dtype, provenance, resolve_device
 from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
     FAULT_ENV,
@@ -312,7 +312,7 @@ class SearchEngine:
                 amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """((S,) mean cross-entropy per seed, (N, S, classes) logits) of stacked images and labels."""
         w = self.net.op_weights()
-        with (_autocast(self.device, self.settings.amp, self.cuda_graph) if amp else contextlib.nullcontext()):
+        with autocast(self.device, autocast_dtype(self.device, self.settings.amp) if amp else None, cache=not self.cuda_graph):
             logits = (net or self.forward)(x, w)
         if logits.dim() == 2:  # the per-edge reference returns (N, classes)
             logits = logits.unsqueeze(1)
@@ -503,14 +503,6 @@ class SearchEngine:
         return {"engine": "per_edge" if self.settings.supernet == "per_edge" else "fused",
                 "seeds_in_process": self.S, "cuda_graph": graph,
                 "channels_last": self.settings.channels_last}
-
-
-def _autocast(device: torch.device, amp: str, graph: bool) -> contextlib.AbstractContextManager:
-    ctx = autocast_for(device, amp)
-    if graph and isinstance(ctx, torch.autocast):
-        # the autocast weight cache must not outlive a graph capture (torch.cuda.graph docs)
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return ctx
 
 
 # ----------------------------------------------------------------------------- the loop over epochs

@@ -50,9 +50,9 @@ from unrealnas.rundir import (
 )
 from unrealnas.runtime import (
     allow_tf32,
+    autocast_dtype,
     precision_name,
     resolve_device,
-    search_autocast_dtype,
     use_channels_last,
 )
 from unrealnas.search.random import is_sampled, sampled_run_id
@@ -129,9 +129,9 @@ class SearchRun:
         self.device = resolve_device(cfg.device)
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if search_autocast_dtype(self.device, s.amp) is None:
+        if autocast_dtype(self.device, s.amp) is None:
             allow_tf32(self.device)  # fp32 search (the default): TF32 tensor cores on CUDA
-        self.precision = precision_name(self.device, search_autocast_dtype(self.device, s.amp))
+        self.precision = precision_name(self.device, autocast_dtype(self.device, s.amp))
         data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
         if s.resolution and s.resolution != data.images.shape[-1]:
             data.images = resize_images(data.images, s.resolution)

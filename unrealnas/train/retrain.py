@@ -37,7 +37,7 @@ from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES, Genotype
 from unrealnas.rundir import CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, RESULT_FILE, TRAIN, run_path
-from unrealnas.runtime import precision_name
+from unrealnas.runtime import autocast_dtype, precision_name
 from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.metrics import best_on_valid
@@ -45,7 +45,7 @@ from unrealnas.train.registry import build_target
 from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec
 
 PROVENANCE_KEYS = ("method", "search_data", "search_label", "num_classes", "seed")
-AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")  # train.amp (resolved by runtime.autocast_dtype)
 
 
 @dataclass
@@ -172,20 +172,18 @@ def target_spec(cfg: DictConfig, device: torch.device, env: dist.DistEnv) -> Tar
 def loop_options(cfg: DictConfig, device: torch.device, target: Target, env: dist.DistEnv) -> LoopOptions:
     """The loop's explicit options: AMP and channels_last resolved for ``device``, LR scaled by the batch."""
     t = cfg.train
-    amp = t.amp
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+    amp = autocast_dtype(device, str(t.amp))  # None: fp32
     cl = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
     global_batch = target.per_rank_batch * env.world_size
     lr = float(t.lr) * (global_batch / t.lr_ref_batch if t.lr_ref_batch else 1.0)
-    graph_off = train_cuda_graph_off(str(t.cuda_graph), device, str(t.optimizer), None if amp == "off" else str(amp),
+    graph_off = train_cuda_graph_off(str(t.cuda_graph), device, str(t.optimizer), amp,
                                      env.distributed)
     return LoopOptions(
         epochs=int(t.epochs), lr=lr, seed=int(cfg.seed), optimizer=str(t.optimizer), lr_min=float(t.lr_min),
         schedule=str(t.schedule), lr_gamma=float(t.lr_gamma), warmup_epochs=int(t.warmup_epochs),
         momentum=float(t.momentum), weight_decay=float(t.weight_decay), grad_clip=float(t.grad_clip),
         aux_weight=float(t.auxiliary_weight), drop_path=float(t.drop_path), label_smoothing=float(t.label_smoothing),
-        amp=None if amp == "off" else str(amp), channels_last=cl, eval_every=int(t.eval_every),
+        amp=amp, channels_last=cl, eval_every=int(t.eval_every),
         cuda_graph=graph_off is None, cuda_graph_strict=str(t.cuda_graph) == "on", cuda_graph_off=graph_off or "",
     )
 
