@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
 from unrealnas.analysis.metrics import (
     accuracy_curve,
     convergence_epoch,
@@ -20,6 +19,7 @@ from unrealnas.analysis.metrics import (
     target_score,
 )
 from unrealnas.analysis.report import write_report
+from unrealnas.cli import main as cli
 from unrealnas.nas.genotype import sample_genotype
 from unrealnas.nas.ops import PRIMITIVES
 

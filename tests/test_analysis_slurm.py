@@ -14,7 +14,7 @@ import pytest
 from tests.test_analysis import TINY
 from tests.test_pipeline_slurm import SLURM, _record
 from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.launch import format_status, status
 
 pytestmark = pytest.mark.slurm

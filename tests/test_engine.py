@@ -243,7 +243,7 @@ def test_packed_sigkill_resumes_like_uninterrupted(tmp_path):
 
 
 def _pipeline_plan(tmp_path, *extra):
-    from unrealnas.pipeline import plan_pipeline
+    from unrealnas.pipeline.plan import plan_pipeline
 
     ovs = ["+experiment=smoke", "launcher=local", f"paths.runs={tmp_path / 'runs'}", f"paths.data={tmp_path / 'data'}",
            *[o for o in TINY if not o.startswith("data.num_classes")], "experiment.datasets=[rlrn]",

@@ -7,7 +7,7 @@ import json
 import math
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.io import read_jsonl
 from unrealnas.results.collect import collect_results

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
 from unrealnas.checkpoint import load_checkpoint, save_checkpoint
+from unrealnas.cli import main as cli
 from unrealnas.fserrors import DiskFullError, explain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +86,7 @@ def test_permission_denied_as_an_ordinary_user(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o555)
     os.chmod(tmp_path, 0o755)
-    code = ("import os, sys; os.setgid(65534); os.setuid(65534); from unrealnas import cli; "
+    code = ("import os, sys; os.setgid(65534); os.setuid(65534); from unrealnas.cli import main as cli; "
             "sys.exit(cli.main(sys.argv[1:]))")
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(locked)}
     proc = subprocess.run([sys.executable, "-c", code, "generate", "preset=smoke", "data.num_classes=10",

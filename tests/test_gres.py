@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_pipeline import _smoke
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.errors import UserError
 from unrealnas.launch.gres import check_gpu_requests, gpus_in_gres, partition_gpus
 
@@ -59,7 +59,7 @@ def test_pipeline_refuses_before_submitting_any_array(tmp_path, monkeypatch, cap
 
 def test_smoke_experiment_asks_for_no_gpu(tmp_path):
     from unrealnas.config import compose_config
-    from unrealnas.pipeline import plan_pipeline
+    from unrealnas.pipeline.plan import plan_pipeline
 
     overrides = [o for o in _smoke(tmp_path) if o != "launcher=local"] + ["launcher=slurm"]
     plan = plan_pipeline(compose_config(overrides), overrides)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
+from unrealnas.cli.status import cmd_status
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import (
     Dependency,
@@ -27,7 +28,6 @@ from unrealnas.launch import (
     write_task_file,
 )
 from unrealnas.launch.runner import TaskRunner
-from unrealnas.launch.status import cmd_status
 
 REPO = Path(__file__).resolve().parents[1]
 VERB = f"{__name__}:fake_stage"  # this module is importable as `test_launch` under pytest

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.launch import Task, submit_array

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.data.generators import check_manifest, dataset_dir, expected_manifest, generate_dataset
 from unrealnas.data.store import load_manifest, verify_dataset

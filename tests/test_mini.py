@@ -11,7 +11,7 @@ from tests.conftest import smoke_overrides
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
 from unrealnas.io import read_jsonl
-from unrealnas.pipeline import plan_pipeline
+from unrealnas.pipeline.plan import plan_pipeline
 from unrealnas.results.collect import collect_results
 from unrealnas.results.stats import search_notes
 from unrealnas.search.run import run_search

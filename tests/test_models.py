@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.models import build_network, count_macs, count_params, count_params_m, drop_path
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
 

@@ -11,10 +11,10 @@ import pytest
 
 from tests.conftest import smoke_overrides
 from tests.test_search_run import TINY
-from unrealnas.cli import main
+from unrealnas.cli.main import main
+from unrealnas.cli.multirun import plan_multirun
 from unrealnas.config.sweep import expand_sweep
 from unrealnas.errors import UserError
-from unrealnas.multirun import plan_multirun
 
 
 def test_expand_sweep_follows_hydra_grammar_and_basic_sweeper():
@@ -62,7 +62,7 @@ def test_config_multirun_runs_every_combination_locally(tmp_path, capsys):
     (record,) = (tmp_path / "runs" / "slurm" / "config").glob("*/tasks.json")
     tasks = json.loads(record.read_text())["tasks"]
     # The launch layer was handed the verb's function, not a CLI verb name.
-    assert [t["verb"] for t in tasks] == ["unrealnas.commands:cmd_config"] * 2
+    assert [t["verb"] for t in tasks] == ["unrealnas.cli.data:cmd_config"] * 2
     assert [t["stage"] for t in tasks] == ["config", "config"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import smoke_overrides
 from tests.test_search_run import TINY
 from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.launch import status
 from unrealnas.launch.records import RECORD_FILE
 

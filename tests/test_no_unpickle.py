@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.launch.records import outcome_path, read_outcome, write_outcome
 
 status_mod = importlib.import_module("unrealnas.launch.status")  # the package re-exports a function `status`

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import smoke_overrides
 from tests.test_search_run import TINY
 from tests.test_train_cifar import TINY as TRAIN_TINY
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.observe import bar, counter, get_logger
 
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"

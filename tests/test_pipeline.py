@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
+from unrealnas.config.compose import available_experiments
 from unrealnas.launch import status
 from unrealnas.launch.records import RECORD_FILE
-from unrealnas.pipeline import available_experiments, plan_pipeline, run_pipeline
+from unrealnas.pipeline.plan import plan_pipeline
+from unrealnas.pipeline.submit import run_pipeline
 
 # Far below the smoke preset: a 3-cell 2-channel supernet on 8 px images for one epoch, and a 3-cell
 # network retrained for one epoch on 24 images; the whole pipeline takes seconds per task.
@@ -27,7 +29,7 @@ TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "sea
 @pytest.fixture(autouse=True)
 def pipeline_verb(monkeypatch):
     """Route ``unrealnas pipeline`` (the CLI table gets the line in its own change)."""
-    monkeypatch.setitem(cli.VERBS, "pipeline", ("unrealnas.pipeline", "cmd_pipeline", "run an experiment"))
+    monkeypatch.setitem(cli.VERBS, "pipeline", ("unrealnas.cli.pipeline", "cmd_pipeline", "run an experiment"))
 
 
 def _smoke(tmp_path: Path, *extra: str) -> list[str]:

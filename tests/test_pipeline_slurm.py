@@ -15,10 +15,10 @@ import pytest
 
 from tests.test_pipeline import TINY, _csv, _plan, _records
 from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.launch import format_status, status, wait_all
 from unrealnas.launch.records import RECORD_FILE
-from unrealnas.pipeline import run_pipeline
+from unrealnas.pipeline.submit import run_pipeline
 
 pytestmark = pytest.mark.slurm
 
@@ -51,7 +51,7 @@ def finished(cluster, tmp_path_factory):  # noqa: F811  (cluster is the imported
     """The smoke pipeline submitted with ``--wait`` and run to the end."""
     root = tmp_path_factory.mktemp("pipeline")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(cli.VERBS, "pipeline", ("unrealnas.pipeline", "cmd_pipeline", "run an experiment"))
+        mp.setitem(cli.VERBS, "pipeline", ("unrealnas.cli.pipeline", "cmd_pipeline", "run an experiment"))
         t0 = time.time()
         rc = cli.main(["pipeline", *_overrides(root), "--wait"])
     return root, rc, time.time() - t0

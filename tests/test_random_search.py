@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from tests.conftest import smoke_overrides
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.nas.genotype import RANDOM_SEARCH_STREAM, Genotype, sample_genotype
-from unrealnas.pipeline import plan_pipeline
+from unrealnas.pipeline.plan import plan_pipeline
 from unrealnas.results.collect import architecture_name, collect_results, parse_group, parse_result
 from unrealnas.results.figures import _label as figure_label
 from unrealnas.results.tables import build_table, render

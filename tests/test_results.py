@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
+from unrealnas.cli.results import cmd_plot, cmd_table
 from unrealnas.launch import Task, submit_array
-from unrealnas.results.collect import collect_results, launch_failures, parse_group
-from unrealnas.results.commands import cmd_plot, cmd_table
+from unrealnas.launch.status import launch_failures
+from unrealnas.results.collect import collect_results, parse_group
 from unrealnas.results.tables import CSV_COLUMNS, build_table, render, summarize
 
 VERB = f"{__name__}:crash"
@@ -139,7 +140,7 @@ def test_table_verb_formats_and_reports_malformed_on_stderr(runs, capsys):
 
 
 def test_table_verb_bad_input_is_one_line(tmp_path, runs, monkeypatch, capsys):
-    monkeypatch.setitem(cli.VERBS, "table", ("unrealnas.results.commands", "cmd_table", "tables"))
+    monkeypatch.setitem(cli.VERBS, "table", ("unrealnas.cli.results", "cmd_table", "tables"))
     assert cli.main(["table", str(runs), "--format", "html"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert cli.main(["table", str(tmp_path / "nope")]) == 2

@@ -280,7 +280,7 @@ def test_multi_task_job_runs_every_rank(cluster, tmp_path):
 
 
 def test_a_cli_verb_runs_inside_a_job(cluster, tmp_path):
-    (job,) = submit_array([Task("unrealnas.commands:cmd_config", ["seed=5", "preset=smoke"], stage="config")], _launcher(tmp_path), "config")
+    (job,) = submit_array([Task("unrealnas.cli.data:cmd_config", ["seed=5", "preset=smoke"], stage="config")], _launcher(tmp_path), "config")
     assert _wait_done([job]) == ["COMPLETED"]
     assert "seed: 5" in Path(job.paths.stdout).read_text()
 

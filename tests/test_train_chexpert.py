@@ -12,7 +12,7 @@ import torch
 from conftest import smoke_overrides
 from PIL import Image
 
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.errors import DataError
 from unrealnas.train.chexpert import META_COLUMNS, OBSERVATIONS, PATHOLOGIES, map_label, read_chexpert_csv

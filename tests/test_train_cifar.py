@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import smoke_overrides
 
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.errors import CheckpointError
 from unrealnas.nas.genotype import KNOWN_GENOTYPES

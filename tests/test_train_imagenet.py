@@ -15,7 +15,7 @@ import torch
 from conftest import smoke_overrides
 from PIL import Image
 
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.dist import DistEnv, detect_env, expand_nodelist
 from unrealnas.train.registry import build_target

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import smoke_overrides
 
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.data.store import load_manifest, read_split

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
+from unrealnas.cli.help import field_comments, schema_keys
 from unrealnas.config import schema
-from unrealnas.verb_help import field_comments, schema_keys
 
 
 def test_comments_come_from_the_schema_source():

@@ -23,20 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.config.compose import group_choices
+from unrealnas.config.data_folders import check_search_data, check_target_data
 from unrealnas.config.experiment import default_stage_launchers
+from unrealnas.config.overrides import override_key
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task
-from unrealnas.pipeline import (
-    Stage,
-    check_search_data,
-    check_target_data,
-    format_stages,
-    group_choices,
-    override_key,
-    quote_override,
-    submit_stages,
-    task_overrides,
-)
+from unrealnas.launch.stages import Stage, format_stages, quote_override, submit_stages, task_overrides
 from unrealnas.rundir import ANALYSIS, GENOTYPE_FILE, PLAN_FILE, RESULT_FILE, TRAIN, run_path
 
 KINDS = ("difficulty", "distinguishability")

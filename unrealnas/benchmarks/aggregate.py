@@ -81,7 +81,8 @@ def write_synthetic_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
 
 def time_aggregation(runs_dir: Path) -> dict[str, float]:
     """Seconds for each phase of ``unrealnas table`` on ``runs_dir`` (collect, failures, table, render)."""
-    from unrealnas.results.collect import collect_results, launch_failures
+    from unrealnas.launch.status import launch_failures
+    from unrealnas.results.collect import collect_results
     from unrealnas.results.tables import FORMATS, build_table, render
 
     times: dict[str, float] = {}

@@ -151,3 +151,13 @@ def validate_config(cfg: DictConfig) -> None:
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML (written into every run directory)."""
     return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def group_choices(group: str) -> list[str]:
+    """The option names of a config group (``conf/<group>/*.yaml``)."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
+
+
+def available_experiments() -> list[str]:
+    """The overlay names under ``conf/experiment/``."""
+    return sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))

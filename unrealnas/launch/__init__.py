@@ -12,7 +12,7 @@ The only package that imports submitit (and only inside the functions that submi
 ``status(runs_dir)`` reports per stage and group what is done, running, pending or failed.
 """
 
-from unrealnas.launch.status import StatusReport, TaskStatus, cmd_status, format_status, status
+from unrealnas.launch.status import StatusReport, TaskStatus, format_status, status
 from unrealnas.launch.submit import (
     Dependency,
     LocalJob,
@@ -39,7 +39,6 @@ __all__ = [
     "Task",
     "TaskStatus",
     "check_slurm",
-    "cmd_status",
     "dependency_of",
     "format_status",
     "pending_tasks",

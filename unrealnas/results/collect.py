@@ -22,7 +22,7 @@ from unrealnas.config.methods import (  # sampled cells: no search data, label o
     SAMPLED_METHODS,
 )
 from unrealnas.finite import nonfinite_note
-from unrealnas.rundir import CONFIG_FILE, RESULT_FILE, is_complete
+from unrealnas.rundir import CONFIG_FILE, RESULT_FILE
 
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
@@ -250,37 +250,6 @@ def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
             return None, target
         classes = int(parts[3][1:])
     return (parts[0], parts[1], parts[2], classes), target
-
-
-def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = None,
-                    only: Iterable[str | Path] | None = None) -> tuple[list[Failure], list[str]]:
-    """Failed tasks known to the launcher (``unrealnas status``), each with its log; plus warnings.
-
-    Asks SLURM only when some recorded task has no completed result, so a finished folder of
-    thousands of runs costs one pass over the submission records.
-    """
-    from unrealnas.launch.records import read_records
-    from unrealnas.launch.status import status
-
-    runs_dir = Path(runs_dir)
-    folder = Path(launcher_folder) if launcher_folder else runs_dir / "slurm"
-    records, warnings = read_records(folder)
-    keep = None if only is None else {os.path.realpath(p) for p in only}
-    open_dirs = [e.get("run_dir") for r in records for e in r["tasks"]
-                 if e.get("run_dir") and not is_complete(e.get("run_dir"))]
-    if keep is not None:
-        open_dirs = [d for d in open_dirs if os.path.realpath(d) in keep]
-    if not open_dirs:
-        return [], warnings
-    report = status(runs_dir, folder)
-    failures = []
-    for t in report.failures():
-        # job_id None: a run made outside the launcher; its result.json (if any) is collected already.
-        if t.run_dir is None or t.job_id is None or (keep is not None and os.path.realpath(t.run_dir) not in keep):
-            continue
-        cell, target = parse_group(t.stage, t.group)
-        failures.append(Failure(t.stage, t.run_dir, t.log, t.note, cell, target))
-    return failures, list(report.warnings)  # status() re-reads the records: its warnings include ours
 
 
 def architecture_name(cell: Cell) -> str:

@@ -17,21 +17,21 @@ from unrealnas.errors import UserError
 # verb -> (module, function, one-line help). Modules are imported lazily so that
 # `unrealnas --help` and config errors do not pay for importing torch.
 VERBS: dict[str, tuple[str, str, str]] = {
-    "config": ("unrealnas.commands", "cmd_config", "print the composed config (every key and its value)"),
-    "generate": ("unrealnas.commands", "cmd_generate", "generate an unreal dataset: data=rlrn|rlgd|rlrd|cifar10 seed=N"),
-    "verify": ("unrealnas.commands", "cmd_verify", "verify every shard of a dataset folder: verify <folder>"),
-    "export-ffcv": ("unrealnas.commands", "cmd_export_ffcv", "write an FFCV .beton beside a dataset: export-ffcv <folder>"),
-    "inspect": ("unrealnas.commands", "cmd_inspect", "print a dataset's manifest summary and label histogram"),
-    "search": ("unrealnas.commands", "cmd_search", "run a DARTS/SGAS search (or sample a random cell): search=darts|darts2|sgas_c1|sgas_c2|random"),
-    "retrain": ("unrealnas.train.commands", "cmd_retrain", "retrain a found cell: train=cifar10|cifar100|imagenet|chexpert genotype=<path>"),
-    "evaluate": ("unrealnas.train.commands", "cmd_evaluate", "evaluate a retrain run directory: evaluate <run dir>"),
-    "describe": ("unrealnas.train.commands", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),
-    "pipeline": ("unrealnas.pipeline", "cmd_pipeline", "run a paper experiment end to end: +experiment=<name> launcher=slurm|local"),
-    "analyze": ("unrealnas.analysis.commands", "cmd_analyze", "the paper's Fig. 1 analyses: analyze difficulty|distinguishability"),
-    "table": ("unrealnas.results.commands", "cmd_table", "results table of a runs folder: table <runs dir> --format markdown|latex|csv|cost"),
-    "plot": ("unrealnas.results.commands", "cmd_plot", "figures (Fig. 1, 5, 6, cells) of a runs folder: plot <runs dir> [out=<dir>]"),
-    "status": ("unrealnas.launch.status", "cmd_status", "done/running/pending/failed per stage and group: status [runs dir]"),
-    "bench": ("unrealnas.commands", "cmd_bench", "benchmarks: bench data | bench search"),
+    "config": ("unrealnas.cli.data", "cmd_config", "print the composed config (every key and its value)"),
+    "generate": ("unrealnas.cli.data", "cmd_generate", "generate an unreal dataset: data=rlrn|rlgd|rlrd|cifar10 seed=N"),
+    "verify": ("unrealnas.cli.data", "cmd_verify", "verify every shard of a dataset folder: verify <folder>"),
+    "export-ffcv": ("unrealnas.cli.data", "cmd_export_ffcv", "write an FFCV .beton beside a dataset: export-ffcv <folder>"),
+    "inspect": ("unrealnas.cli.data", "cmd_inspect", "print a dataset's manifest summary and label histogram"),
+    "search": ("unrealnas.cli.search", "cmd_search", "run a DARTS/SGAS search (or sample a random cell): search=darts|darts2|sgas_c1|sgas_c2|random"),
+    "retrain": ("unrealnas.cli.train", "cmd_retrain", "retrain a found cell: train=cifar10|cifar100|imagenet|chexpert genotype=<path>"),
+    "evaluate": ("unrealnas.cli.train", "cmd_evaluate", "evaluate a retrain run directory: evaluate <run dir>"),
+    "describe": ("unrealnas.cli.train", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),
+    "pipeline": ("unrealnas.cli.pipeline", "cmd_pipeline", "run a paper experiment end to end: +experiment=<name> launcher=slurm|local"),
+    "analyze": ("unrealnas.cli.analysis", "cmd_analyze", "the paper's Fig. 1 analyses: analyze difficulty|distinguishability"),
+    "table": ("unrealnas.cli.results", "cmd_table", "results table of a runs folder: table <runs dir> --format markdown|latex|csv|cost"),
+    "plot": ("unrealnas.cli.results", "cmd_plot", "figures (Fig. 1, 5, 6, cells) of a runs folder: plot <runs dir> [out=<dir>]"),
+    "status": ("unrealnas.cli.status", "cmd_status", "done/running/pending/failed per stage and group: status [runs dir]"),
+    "bench": ("unrealnas.cli.bench", "cmd_bench", "benchmarks: bench data | bench search"),
 }
 
 
@@ -53,14 +53,17 @@ def _resolve(verb: str) -> Callable[[list[str]], int]:
 
 
 def _verb_help(verb: str) -> str:
-    from unrealnas.multirun import NO_MULTIRUN, VERB_KEYS
-    from unrealnas.verb_help import verb_help
+    from unrealnas.cli.help import verb_help
+    from unrealnas.cli.multirun import NO_MULTIRUN, VERB_KEYS
 
     module, func, summary = VERBS[verb]
     # The verb function's docstring without importing its module (and torch) just for help.
-    doc = getattr(importlib.import_module(module), func).__doc__ if module == "unrealnas.commands" else None
+    doc = getattr(importlib.import_module(module), func).__doc__ if module in LIGHT_MODULES else None
     return verb_help(verb, summary, doc, VERB_KEYS.get(verb), multirun=verb not in NO_MULTIRUN)
 
+
+# Verb modules cheap to import (no torch at import time): their docstrings go into --help.
+LIGHT_MODULES = frozenset({"unrealnas.cli.data", "unrealnas.cli.search", "unrealnas.cli.bench"})
 
 # Verbs whose own options take comma lists (``bench search methods=darts,darts2 supernet=per_edge,fused``):
 # a comma there is not a sweep.
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_verb_help(verb))
             return 0
         if any(a in ("-m", "--multirun") for a in args):
-            from unrealnas.multirun import run_multirun
+            from unrealnas.cli.multirun import run_multirun
 
             module, func, _ = VERBS[verb]
             return int(run_multirun(verb, f"{module}:{func}", args) or 0)

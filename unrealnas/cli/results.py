@@ -1,4 +1,4 @@
-"""CLI verbs ``table`` and ``plot``: read a runs folder, print or write tables and figures."""
+"""The verbs ``table`` and ``plot``: read a runs folder, print or write tables and figures."""
 
 from __future__ import annotations
 
@@ -63,7 +63,8 @@ def _positive_int(options: dict[str, str], key: str) -> int | None:
 def cmd_table(args: list[str]) -> int:
     """Print (or write) the results table of a runs folder; malformed result files are named on stderr."""
     from unrealnas.io import write_bytes_atomic
-    from unrealnas.results.collect import collect_results, launch_failures
+    from unrealnas.launch.status import launch_failures
+    from unrealnas.results.collect import collect_results
     from unrealnas.results.tables import build_table, render
 
     runs_dir, options = _parse(args, {"format", "repeats", "out", "launcher.folder", "paths.runs"}, TABLE_USAGE)

@@ -1,4 +1,4 @@
-"""The CLI verbs: each turns arguments into a config and calls one library function."""
+"""The dataset verbs: ``config``, ``generate``, ``verify``, ``inspect``, ``export-ffcv``."""
 
 from __future__ import annotations
 
@@ -94,40 +94,3 @@ def cmd_export_ffcv(args: list[str]) -> int:
     path = export_ffcv(folder, progress=_say)
     print(path)
     return 0
-
-
-def cmd_search(args: list[str]) -> int:
-    """Run (or resume) one architecture search."""
-    from unrealnas.search.run import run_search
-
-    positional, overrides = split_args(args)
-    if positional:
-        raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
-    cfg = compose_config(overrides)
-    if cfg.get("seeds") is not None:
-        from unrealnas.search.engine import check_seed_overrides, packed_seeds, run_seeds
-
-        check_seed_overrides(overrides)
-        for run_dir in run_seeds(cfg, packed_seeds(cfg) or [], _say):
-            print(run_dir)
-        return 0
-    run_dir = run_search(cfg, progress=_say)
-    print(run_dir)
-    return 0
-
-
-def cmd_bench(args: list[str]) -> int:
-    """Run a benchmark: ``bench data|search|retrain|aggregate``."""
-    positional, overrides = split_args(args)
-    what = positional[0] if positional else "data"
-    if what == "data":
-        from unrealnas.benchmarks.data import main as bench_main
-    elif what == "search":
-        from unrealnas.benchmarks.search import main as bench_main
-    elif what == "aggregate":
-        from unrealnas.benchmarks.aggregate import main as bench_main
-    elif what == "retrain":
-        from unrealnas.benchmarks.retrain import main as bench_main
-    else:
-        raise UserError(f"unknown benchmark {what!r}; choose data, search, retrain or aggregate")
-    return bench_main(overrides)

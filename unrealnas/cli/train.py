@@ -1,4 +1,4 @@
-"""CLI verbs of the retraining stage: ``retrain``, ``evaluate <run dir>``, ``describe``."""
+"""The retraining verbs: ``retrain``, ``evaluate <run dir>``, ``describe``."""
 
 from __future__ import annotations
 

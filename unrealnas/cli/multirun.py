@@ -80,8 +80,8 @@ def plan_multirun(verb: str, spec: str, args: Sequence[str]) -> tuple[list[Any],
     """The tasks of ``unrealnas <verb> -m <args>`` and the launcher config that runs them."""
     from unrealnas.config import compose_config
     from unrealnas.launch import Task
+    from unrealnas.launch.stages import quote_override, task_overrides
     from unrealnas.launch.task import run_dir_of
-    from unrealnas.pipeline import quote_override, task_overrides
 
     if verb in NO_MULTIRUN:
         raise UserError(f"{verb} -m is not supported: {NO_MULTIRUN[verb]}")
