@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from tests.conftest import smoke_overrides
 from tests.darts_reference import Architect
+from unrealnas.atomic import read_jsonl
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
-from unrealnas.io import read_jsonl
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import SuperNet, seed_slice
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings, run_seeds, seed_config

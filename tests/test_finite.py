@@ -7,9 +7,9 @@ import json
 import math
 
 from tests.conftest import smoke_overrides
+from unrealnas.atomic import read_jsonl
 from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
-from unrealnas.io import read_jsonl
 from unrealnas.results.collect import collect_results
 from unrealnas.results.tables import build_table, render
 from unrealnas.search.state import _trim_metrics, search_run_dir

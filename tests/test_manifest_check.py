@@ -7,12 +7,12 @@ import re
 import pytest
 
 from tests.conftest import smoke_overrides
+from unrealnas.atomic import sha256_file
 from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.data.generators import check_manifest, dataset_dir, expected_manifest, generate_dataset
 from unrealnas.data.store import load_manifest, verify_dataset
 from unrealnas.errors import DataError
-from unrealnas.io import sha256_file
 
 DATA = ["data.num_images=64", "data.num_classes=10", "data.shard_size=16", "data.id=shared"]
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from tests.conftest import smoke_overrides
+from unrealnas.atomic import read_jsonl
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
-from unrealnas.io import read_jsonl
 from unrealnas.pipeline.plan import plan_pipeline
 from unrealnas.results.collect import collect_results
 from unrealnas.results.stats import search_notes

@@ -31,7 +31,7 @@ def test_random_search_writes_a_complete_run_without_data(tmp_path, capsys):
     assert g != sample_genotype(3)  # not the analyses' probe architecture of the same seed
     assert g != sample_genotype(4, stream=RANDOM_SEARCH_STREAM)
     r = parse_result(run_dir, result)
-    assert r.cell == ("random", "-", "-", None) and architecture_name(r.cell) == "Random cell"
+    assert r.setting == ("random", "-", "-", None) and architecture_name(r.setting) == "Random cell"
     # A finished run is a no-op; the run id does not depend on the (unused) dataset.
     assert cli.main(["search", *ovs, "data=rlgd", "data.num_classes=7"]) == 0
     assert search_run_dir(compose_config([*ovs, "data=rlgd"])) == run_dir
@@ -76,4 +76,4 @@ def test_random_rows_are_ordinary_table_rows(tmp_path):
     md = render(table, "markdown")
     assert "| Random cell | 20.00 (21.00±1.41) n=2 |" in md and "| 0 |" in md  # zero search cost
     assert "random,-,-,,digits,top1_err,2,20.0,21.0," in render(table, "csv")
-    assert figure_label(row.cell) == "random"  # legends of the learning curves and cell drawings
+    assert figure_label(row.setting) == "random"  # legends of the learning curves and cell drawings

@@ -155,7 +155,7 @@ def test_task_killed_without_result_is_flagged_with_its_log(runs):
     assert job.state == "FAILED"
     failures, _ = launch_failures(runs)
     assert [f.run_dir for f in failures] == [str(dead)]
-    assert failures[0].cell == ("darts", "rlgd", "random", 5000) and failures[0].target == "cifar10"
+    assert failures[0].setting == ("darts", "rlgd", "random", 5000) and failures[0].target == "cifar10"
     table = build_table(collect_results(runs), repeats=5, failures=failures)
     (row,) = [r for r in table.rows if r.search_data == "rlgd" and r.metric == "top1_err"]
     assert len(row.notes) == 2 and any(str(job.log_path) in f for f in row.flags)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tests.conftest import smoke_overrides
+from unrealnas.atomic import read_jsonl
 from unrealnas.config import compose_config
 from unrealnas.data.generators import generate_dataset
 from unrealnas.errors import CheckpointError, DataError
-from unrealnas.io import read_jsonl
 from unrealnas.nas.genotype import Genotype
 from unrealnas.search.run import run_search
 from unrealnas.search.state import FAULT_ENV, search_run_dir

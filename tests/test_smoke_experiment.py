@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from unrealnas.atomic import read_jsonl
 from unrealnas.config import compose_config
-from unrealnas.io import read_jsonl
 from unrealnas.search.run import run_search
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unrealnas.atomic import write_bytes_atomic
 from unrealnas.errors import CheckpointError
-from unrealnas.io import write_bytes_atomic
 from unrealnas.rundir import CHECKPOINT_FILE
 
 FORMAT_VERSION = 1

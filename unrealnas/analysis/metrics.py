@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from unrealnas.io import read_jsonl
+from unrealnas.atomic import read_jsonl
 from unrealnas.rundir import METRICS_FILE
 
 

@@ -157,7 +157,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
 
 def run_analysis(plan: AnalysisPlan) -> dict[str, list[Any]]:
     """Write the architectures and plan.json, then submit (SLURM) or run (local) the three stages."""
-    from unrealnas.io import write_json_atomic
+    from unrealnas.atomic import write_json_atomic
     from unrealnas.launch import check_slurm
     from unrealnas.nas.genotype import Genotype
 

@@ -21,7 +21,7 @@ from unrealnas.analysis.metrics import (
     rank_correlation,
     target_score,
 )
-from unrealnas.io import write_bytes_atomic, write_json_atomic
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.launch.stages import read_plan_arg
 from unrealnas.rundir import RESULT_FILE, read_result
 

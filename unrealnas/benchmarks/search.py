@@ -45,6 +45,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import write_json_atomic
 from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.benchmarks.table import machine_info, pop_options, report, set_threads
 from unrealnas.config import compose_config
@@ -53,7 +54,6 @@ from unrealnas.config.methods import method as method_facts
 from unrealnas.config.schema import DataConfig, SearchConfig
 from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
-from unrealnas.io import write_json_atomic
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings

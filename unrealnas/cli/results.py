@@ -62,7 +62,7 @@ def _positive_int(options: dict[str, str], key: str) -> int | None:
 
 def cmd_table(args: list[str]) -> int:
     """Print (or write) the results table of a runs folder; malformed result files are named on stderr."""
-    from unrealnas.io import write_bytes_atomic
+    from unrealnas.atomic import write_bytes_atomic
     from unrealnas.launch.status import launch_failures
     from unrealnas.results.collect import collect_results
     from unrealnas.results.tables import build_table, render

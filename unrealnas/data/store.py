@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 
 from unrealnas import __version__
+from unrealnas.atomic import atomic_path, sha256_file, write_json_atomic
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 from unrealnas.lock import folder_lock
 from unrealnas.observe import bar
 from unrealnas.rundir import MANIFEST_FILE

@@ -332,6 +332,6 @@ def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = N
         # job_id None: a run made outside the launcher; its result.json (if any) is collected already.
         if t.run_dir is None or t.job_id is None or (keep is not None and os.path.realpath(t.run_dir) not in keep):
             continue
-        cell, target = parse_group(t.stage, t.group)
-        failures.append(Failure(t.stage, t.run_dir, t.log, t.note, cell, target))
+        setting, target = parse_group(t.stage, t.group)
+        failures.append(Failure(t.stage, t.run_dir, t.log, t.note, setting, target))
     return failures, list(report.warnings)  # status() re-reads the records: its warnings include ours

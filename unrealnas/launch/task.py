@@ -168,7 +168,7 @@ def write_task_file(tasks: Sequence[Task], path: str | Path) -> int:
                             "the task file splits on spaces")
         if not t.is_complete():
             lines.append(" ".join(t.argv()))
-    from unrealnas.io import write_bytes_atomic
+    from unrealnas.atomic import write_bytes_atomic
 
     header = "# one task per line for slurm/sweep_array.sbatch: unrealnas <verb> <overrides...>\n"
     write_bytes_atomic(path, (header + "".join(f"{ln}\n" for ln in lines)).encode())

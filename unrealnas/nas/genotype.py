@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from unrealnas.atomic import write_json_atomic
 from unrealnas.errors import ConfigError
-from unrealnas.io import write_json_atomic
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
 from unrealnas.rundir import GENOTYPE_FILE
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from unrealnas.io import write_json_atomic
+from unrealnas.atomic import write_json_atomic
 from unrealnas.launch.stages import Stage, submit_stages
 from unrealnas.launch.submit import check_slurm
 from unrealnas.pipeline.plan import Plan

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unrealnas.io import write_bytes_atomic, write_json_atomic
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.launch.stages import read_plan_arg
 from unrealnas.launch.status import launch_failures
 from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
@@ -31,7 +31,7 @@ def write_tables(plan: dict[str, Any], progress: Callable[[str], None] | None = 
         # A task that died before writing result.json: its cell comes from the plan.
         where = planned.get(os.path.realpath(f.run_dir)) if f.run_dir else None
         if where is not None:
-            f.cell = (where[1], where[2], where[3], where[4])
+            f.setting = (where[1], where[2], where[3], where[4])
             f.target = where[5]
     expected = [((m, d, lab, c), t) for m, d, lab, c, t in plan["expected"]]
     title = f"{plan['experiment']}: {plan.get('description') or ''}".strip().rstrip(":")

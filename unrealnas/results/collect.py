@@ -31,8 +31,8 @@ LABELS = ("random", "true")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
-# Cell of a sweep: (method, search_data, search_label, num_classes); a table row groups by it.
-Cell = tuple[str, str, str, "int | None"]
+# The search setting of a run: (method, search_data, search_label, num_classes); a table row groups by it.
+Setting = tuple[str, str, str, "int | None"]
 
 _PRETRAINED_LINE = re.compile(r"^\s+pretrained:[ \t]*(.*)$", re.MULTILINE)
 
@@ -61,8 +61,8 @@ class RunResult:
     error: str | None = None
 
     @property
-    def cell(self) -> Cell:
-        """The sweep cell: (method, search_data, search_label, num_classes)."""
+    def setting(self) -> Setting:
+        """The search setting: (method, search_data, search_label, num_classes)."""
         return (self.method, self.search_data, self.search_label, self.num_classes)
 
 
@@ -74,7 +74,7 @@ class Failure:
     run_dir: str | None
     log: str | None
     note: str
-    cell: Cell | None = None  # which table row it affects (None: unattributed)
+    setting: Setting | None = None  # which table row it affects (None: unattributed)
     target: str | None = None  # for retrains: the table target
 
 
@@ -234,7 +234,7 @@ def collect_results(runs_dir: str | Path, only: Iterable[str | Path] | None = No
     return out
 
 
-def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
+def parse_group(stage: str, group: str) -> tuple[Setting | None, str | None]:
     """(cell, target) from a launcher group label: ``method/data/label/cN`` or ``target/method/data/label/cN``."""
     parts = group.split("/")
     target = None
@@ -252,9 +252,9 @@ def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
     return (parts[0], parts[1], parts[2], classes), target
 
 
-def architecture_name(cell: Cell) -> str:
+def architecture_name(setting: Setting) -> str:
     """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
-    method, data, label, classes = cell
+    method, data, label, classes = setting
     m = METHODS[method].display if method in METHODS else method
     if data == MISSING:
         return m

@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.config.compose import to_yaml
 from unrealnas.config.methods import method as method_facts
 from unrealnas.config.overrides import override_key
 from unrealnas.cuda_graph import GraphedStep
 from unrealnas.errors import ConfigError, NonFiniteError
-from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.config.compose import to_yaml
 from unrealnas.config.methods import SAMPLED_METHODS
-from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.nas.genotype import RANDOM_SEARCH_STREAM, count_skips, sample_genotype
 from unrealnas.rundir import CONFIG_FILE, GENOTYPE_FILE, PROVENANCE_FILE, RESULT_FILE
 from unrealnas.runtime import provenance

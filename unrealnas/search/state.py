@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.methods import method as method_facts
 from unrealnas.data.generators import check_manifest, data_seed, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import load_manifest
 from unrealnas.errors import NonFiniteError
-from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from unrealnas import dist
+from unrealnas.atomic import atomic_path, sha256_file, write_json_atomic
 from unrealnas.data.ffcv_store import _require_ffcv, check_beton, remove_stale_temps, supervised_writer
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 from unrealnas.train.color_jitter import imagenet_color_jitter, jitter_batch
 from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch

@@ -25,11 +25,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unrealnas import dist
+from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic
 from unrealnas.checkpoint import rng_state, save_checkpoint, set_rng_state
 from unrealnas.cuda_graph import GraphedStep, graph_outcome
 from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
-from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
 from unrealnas.observe import RunBoard, bar
 from unrealnas.rundir import CHECKPOINT_FILE, METRICS_FILE
 from unrealnas.runtime import autocast

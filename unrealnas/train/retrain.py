@@ -29,10 +29,10 @@ import torch
 from omegaconf import DictConfig
 
 from unrealnas import dist
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.checkpoint import load_checkpoint
 from unrealnas.config.compose import to_yaml
 from unrealnas.errors import CheckpointError, ConfigError
-from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES, Genotype
