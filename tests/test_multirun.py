@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import unrealnas
 from tests.conftest import smoke_overrides
 from tests.test_search_run import TINY
 from unrealnas.cli.main import main
@@ -96,3 +97,10 @@ def test_bench_comma_options_are_not_sweeps():
     out = subprocess.run([sys.executable, "-m", "unrealnas", "bench", "search", "preset=smoke", "methods=darts,nope"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "'nope' is not one of" in out.stderr and "sweep" not in out.stderr, out.stderr
+
+
+def test_no_private_hydra_api():
+    """Sweep parsing uses Hydra's public parser only: ``hydra._internal`` changes between releases."""
+    package = Path(unrealnas.__file__).parent
+    users = [str(p.relative_to(package)) for p in package.rglob("*.py") if "hydra._internal" in p.read_text()]
+    assert users == []
