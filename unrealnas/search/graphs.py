@@ -11,7 +11,7 @@ SGAS decisions) recaptures; the previous graph is released first.
 
 The capture is guarded and self-checked (:mod:`unrealnas.cuda_graph`): a failed capture or a
 replay that differs from eager falls back to eager with one line (``on``: an error). Unmeasured: no
-GPU was available when this was written; ``tests/test_gpu.py`` (run by ``tools/gpu_check.sh``)
+GPU was available when this was written; ``tests/gpu/test_gpu.py`` (run by ``tools/gpu_check.sh``)
 compares graph and eager searches on the first GPU run.
 """
 

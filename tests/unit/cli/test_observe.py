@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tests.conftest import smoke_overrides
-from tests.test_search_run import TINY
-from tests.test_train_cifar import TINY as TRAIN_TINY
+from tests.unit.search.test_search_run import TINY
+from tests.unit.train.test_train_cifar import TINY as TRAIN_TINY
 from unrealnas.cli.main import main
 from unrealnas.observe import bar, counter, get_logger
 

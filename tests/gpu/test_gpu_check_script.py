@@ -65,11 +65,11 @@ def test_report_reads_junit_and_benchmarks(tmp_path):
     out.mkdir()
     (out / "correctness.xml").write_text(
         '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
-        '<testcase classname="tests.test_gpu" name="test_a[cuda]" time="1.5">'
+        '<testcase classname="tests.gpu.test_gpu" name="test_a[cuda]" time="1.5">'
         '<properties><property name="max_alpha_diff" value="3e-05"/></properties></testcase>'
-        '<testcase classname="tests.test_gpu" name="test_b[cuda]" time="2"><failure message="assert 0.1 &lt; 1e-4">'
+        '<testcase classname="tests.gpu.test_gpu" name="test_b[cuda]" time="2"><failure message="assert 0.1 &lt; 1e-4">'
         "tb</failure></testcase>"
-        '<testcase classname="tests.test_gpu" name="test_c[cpu]" time="0"><skipped message="no CUDA"/></testcase>'
+        '<testcase classname="tests.gpu.test_gpu" name="test_c[cpu]" time="0"><skipped message="no CUDA"/></testcase>'
         "</testsuite></testsuites>")
     (out / "bench_search.json").write_text(json.dumps({"benchmark": "search", "meta": {},
                                                        "rows": [{"method": "darts", "s_per_iter": 0.01234}]}))

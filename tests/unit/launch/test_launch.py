@@ -29,7 +29,7 @@ from unrealnas.launch import (
 )
 from unrealnas.launch.runner import TaskRunner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 VERB = f"{__name__}:fake_stage"  # this module is importable as `test_launch` under pytest
 
 

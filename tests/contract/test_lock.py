@@ -21,7 +21,7 @@ from unrealnas.launch import Task, submit_array
 from unrealnas.lock import EXIT_RUNNING_ELSEWHERE, AlreadyRunning, folder_lock, holder
 from unrealnas.search.state import search_run_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
         "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=1"]
 status_mod = importlib.import_module("unrealnas.launch.status")

@@ -24,7 +24,7 @@ from unrealnas.launch.records import RECORD_FILE
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KIT = REPO / "slurm" / "test-cluster"
 MODULE = Path(__file__).stem  # importable in the job: the cluster fixture puts tests/ on PYTHONPATH
 JOB_TIMEOUT_S = 90

@@ -17,7 +17,7 @@ from unrealnas.checkpoint import load_checkpoint, save_checkpoint
 from unrealnas.cli import main as cli
 from unrealnas.fserrors import DiskFullError, explain
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
         "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=1"]
 

@@ -11,7 +11,7 @@ import pytest
 
 import unrealnas
 from tests.conftest import smoke_overrides
-from tests.test_search_run import TINY
+from tests.unit.search.test_search_run import TINY
 from unrealnas.cli.main import main
 from unrealnas.cli.multirun import plan_multirun
 from unrealnas.config.sweep import expand_sweep

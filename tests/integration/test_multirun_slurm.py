@@ -1,6 +1,6 @@
 """``unrealnas <verb> -m`` on a real one-node SLURM cluster: ONE array per sweep, GPU requests checked first.
 
-Reuses the ``cluster`` fixture of tests/test_slurm_cluster.py (a GPU-less node).
+Reuses the ``cluster`` fixture of tests/integration/test_slurm_cluster.py (a GPU-less node).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import smoke_overrides
-from tests.test_search_run import TINY
-from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.integration.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.unit.search.test_search_run import TINY
 from unrealnas.cli import main as cli
 from unrealnas.launch import status
 from unrealnas.launch.records import RECORD_FILE

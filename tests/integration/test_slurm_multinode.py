@@ -21,7 +21,7 @@ import torch
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KIT = REPO / "slurm" / "test-cluster"
 SCRIPT = REPO / "slurm" / "retrain_multinode.sbatch"
 NODES = ("unas-n1", "unas-n2")  # common.sh: NET_PREFIX-n<i>

@@ -316,7 +316,7 @@ def test_engine_graph_replays_equal_eager_and_recapture_only_on_a_decision():
     """The engine's iteration through GraphedStep (a fake CUDA backend on CPU, see test_cuda_graph.py):
     captured once, self-checked, replays equal an eager engine's iterations; an unchanged SGAS state
     keeps the graph, a new decision recaptures; result.json's record says the graph was used."""
-    from tests.test_cuda_graph import FakeBackend
+    from tests.unit.search.test_cuda_graph import FakeBackend
     from unrealnas.cuda_graph import GraphedStep
 
     eager, graphed = (_engine([seed_net(s) for s in range(2)], "darts") for _ in range(2))

@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 
 from unrealnas.errors import DataError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_results import _figure_runs
+from tests.unit.results.test_results import _figure_runs
 from unrealnas.nas import draw
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
 from unrealnas.results import figures
@@ -76,7 +76,7 @@ def test_without_the_dot_program_the_cells_are_still_drawn(tmp_path, monkeypatch
 
 
 def test_one_class_count_draws_no_fig6_and_says_why(tmp_path):
-    from tests.test_results import _train
+    from tests.unit.results.test_results import _train
 
     runs = tmp_path / "runs"
     for seed in (0, 1):

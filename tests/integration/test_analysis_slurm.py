@@ -1,4 +1,4 @@
-"""Both analyses on the real one-node SLURM of slurm/test-cluster: ``pytest -m slurm tests/test_analysis_slurm.py``.
+"""Both analyses on the real one-node SLURM of slurm/test-cluster: ``pytest -m slurm tests/integration/test_analysis_slurm.py``.
 
 Tiny sizes; the point is the orchestration: three chained job arrays per analysis (generate,
 fit, report), every training a task of ONE array, and a report that reads their run directories.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_analysis import TINY
-from tests.test_pipeline_slurm import SLURM, _record
-from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.integration.test_pipeline_slurm import SLURM, _record
+from tests.integration.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.unit.analysis.test_analysis import TINY
 from unrealnas.cli import main as cli
 from unrealnas.launch import format_status, status
 

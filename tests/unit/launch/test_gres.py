@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import _smoke
+from tests.unit.pipeline.test_pipeline import _smoke
 from unrealnas.cli import main as cli
 from unrealnas.errors import UserError
 from unrealnas.launch.gres import check_gpu_requests, gpus_in_gres, partition_gpus

@@ -10,9 +10,9 @@ import sys
 import zipfile
 from pathlib import Path
 
-from tests.test_search_run import TINY
+from tests.unit.search.test_search_run import TINY
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SKIP = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "runs", "datasets", ".*cache")
 
 

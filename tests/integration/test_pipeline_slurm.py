@@ -1,6 +1,6 @@
-"""The smoke pipeline on the real one-node SLURM of slurm/test-cluster: ``pytest -m slurm tests/test_pipeline_slurm.py``.
+"""The smoke pipeline on the real one-node SLURM of slurm/test-cluster: ``pytest -m slurm tests/integration/test_pipeline_slurm.py``.
 
-Reuses the ``cluster`` fixture of tests/test_slurm_cluster.py (a running controller, or the kit's,
+Reuses the ``cluster`` fixture of tests/integration/test_slurm_cluster.py (a running controller, or the kit's,
 started and stopped by the fixture). Tiny sizes: the stages are the real ones (generate, search,
 retrain, table), each task a few seconds of compute plus the job's start-up.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import TINY, _csv, _plan, _records
-from tests.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.integration.test_slurm_cluster import cluster  # noqa: F401  (the fixture)
+from tests.unit.pipeline.test_pipeline import TINY, _csv, _plan, _records
 from unrealnas.cli import main as cli
 from unrealnas.launch import format_status, status, wait_all
 from unrealnas.launch.records import RECORD_FILE

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import smoke_overrides
-from tests.test_loaders import FFCV_SCRIPT
+from tests.unit.data.test_loaders import FFCV_SCRIPT
 from unrealnas.config import compose_config
 from unrealnas.data.generators import generate_dataset
 
