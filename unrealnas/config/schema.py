@@ -25,97 +25,28 @@ class Choice(str, Enum):
         return str(self.value)
 
 
-class Label(Choice):
-    random = "random"
-    true = "true"
+def _choice(name: str, *values: str) -> type[Choice]:
+    """A :class:`Choice` named ``name`` whose members are ``values`` (member name = value)."""
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
 
 
-class SearchAmp(Choice):
-    auto = "auto"
-    bf16 = "bf16"
-    off = "off"
-
-
-class TrainAmp(Choice):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    off = "off"
-
-
-class Switch(Choice):  # channels_last, cuda_graph: auto decides by device (and method)
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Supernet(Choice):
-    fused = "fused"
-    per_edge = "per_edge"
-
-
-class Split(Choice):
-    same_flipped = "same_flipped"
-    other_half = "other_half"
-
-
-class AlphaInit(Choice):
-    zeros = "zeros"
-    randn = "randn"
-
-
-class NormalizeOver(Choice):
-    all = "all"
-    undecided = "undecided"
-
-
-class NoiseDtype(Choice):
-    float16 = "float16"
-    float32 = "float32"
-
-
-class RealSource(Choice):
-    cifar10 = "cifar10"
-    cifar100 = "cifar100"
-    digits = "digits"
-
-
-class NetStem(Choice):
-    auto = "auto"
-    cifar = "cifar"
-    imagenet = "imagenet"
-
-
-class Optimizer(Choice):
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Schedule(Choice):
-    cosine = "cosine"
-    exp = "exp"
-    constant = "constant"
-
-
-class Uncertainty(Choice):
-    u_ones = "u_ones"
-    u_zeros = "u_zeros"
-    ignore = "ignore"
-
-
-class Loader(Choice):
-    torch = "torch"
-    ffcv = "ffcv"
-
-
-class LauncherName(Choice):
-    local = "local"
-    slurm = "slurm"
-
-
-class OutputFormat(Choice):
-    text = "text"
-    json = "json"
+Label = _choice("Label", "random", "true")
+SearchAmp = _choice("SearchAmp", "auto", "bf16", "off")
+TrainAmp = _choice("TrainAmp", "auto", "bf16", "fp16", "off")
+Switch = _choice("Switch", "auto", "on", "off")  # channels_last, cuda_graph: auto decides by device (and method)
+Supernet = _choice("Supernet", "fused", "per_edge")
+Split = _choice("Split", "same_flipped", "other_half")
+AlphaInit = _choice("AlphaInit", "zeros", "randn")
+NormalizeOver = _choice("NormalizeOver", "all", "undecided")
+NoiseDtype = _choice("NoiseDtype", "float16", "float32")
+RealSource = _choice("RealSource", "cifar10", "cifar100", "digits")
+NetStem = _choice("NetStem", "auto", "cifar", "imagenet")
+Optimizer = _choice("Optimizer", "sgd", "adam")
+Schedule = _choice("Schedule", "cosine", "exp", "constant")
+Uncertainty = _choice("Uncertainty", "u_ones", "u_zeros", "ignore")
+Loader = _choice("Loader", "torch", "ffcv")
+LauncherName = _choice("LauncherName", "local", "slurm")
+OutputFormat = _choice("OutputFormat", "text", "json")
 
 
 @dataclass
