@@ -33,7 +33,7 @@ def cmd_describe(args: list[str]) -> int:
     from unrealnas.config import compose_config
     from unrealnas.models import build_network, count_flops_m, count_params_m
     from unrealnas.train.retrain import check_train_config, network_kind, resolve_genotype
-    from unrealnas.train.target import FIXED_32PX_TARGETS
+    from unrealnas.train.targets.base import FIXED_32PX_TARGETS
 
     positional, overrides = split_args(args)
     if positional:
@@ -73,8 +73,8 @@ def cmd_evaluate(args: list[str]) -> int:
     from unrealnas.config.schema import Config
     from unrealnas.models import build_network
     from unrealnas.train.loop import evaluate
-    from unrealnas.train.registry import build_target
     from unrealnas.train.retrain import fingerprint_of, loop_options, resolve_genotype, target_spec
+    from unrealnas.train.targets.registry import build_target
 
     positional, overrides = split_args(args)
     if len(positional) != 1:

@@ -34,7 +34,7 @@ from unrealnas.observe import RunBoard, bar
 from unrealnas.rundir import CHECKPOINT_FILE, METRICS_FILE
 from unrealnas.runtime import autocast
 from unrealnas.train.metrics import chexpert_metrics, topk_correct
-from unrealnas.train.target import Target, derive_seed
+from unrealnas.train.targets.base import Target, derive_seed
 
 
 @dataclass

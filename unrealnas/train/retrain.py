@@ -41,8 +41,8 @@ from unrealnas.runtime import autocast_dtype, precision_name
 from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.metrics import best_on_valid
-from unrealnas.train.registry import build_target
-from unrealnas.train.target import CIFAR_SIZE_TARGETS, Target, TargetSpec
+from unrealnas.train.targets.base import CIFAR_SIZE_TARGETS, Target, TargetSpec
+from unrealnas.train.targets.registry import build_target
 
 PROVENANCE_KEYS = ("method", "search_data", "search_label", "num_classes", "seed")
 

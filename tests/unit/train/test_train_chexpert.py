@@ -15,10 +15,16 @@ from PIL import Image
 from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.errors import DataError
-from unrealnas.train.chexpert import META_COLUMNS, OBSERVATIONS, PATHOLOGIES, map_label, read_chexpert_csv
 from unrealnas.train.loop import compute_loss
 from unrealnas.train.metrics import auroc_metrics, auroc_per_class
 from unrealnas.train.retrain import run_retrain
+from unrealnas.train.targets.chexpert import (
+    META_COLUMNS,
+    OBSERVATIONS,
+    PATHOLOGIES,
+    map_label,
+    read_chexpert_csv,
+)
 
 TINY = ("train=chexpert", "train.layers=3", "train.init_channels=4", "train.batch_size=4", "train.resolution=16",
         "genotype=DARTS_V2", "device=cpu", "train.epochs=1")

@@ -13,9 +13,9 @@ from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.errors import CheckpointError
 from unrealnas.nas.genotype import KNOWN_GENOTYPES
-from unrealnas.train.cifar import augment_batch
 from unrealnas.train.loop import LoopOptions, lr_factor
 from unrealnas.train.retrain import run_retrain
+from unrealnas.train.targets.cifar import augment_batch
 
 TINY = ("train.layers=3", "train.init_channels=4", "train.batch_size=8", "train.max_images=24",
         "train.max_eval_images=16", "device=cpu")

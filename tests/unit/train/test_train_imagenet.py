@@ -18,8 +18,8 @@ from PIL import Image
 from unrealnas.cli.main import main
 from unrealnas.config import compose_config
 from unrealnas.dist import DistEnv, detect_env, expand_nodelist
-from unrealnas.train.registry import build_target
 from unrealnas.train.retrain import loop_options, run_retrain
+from unrealnas.train.targets.registry import build_target
 
 TINY = ("train=imagenet", "train.layers=3", "train.init_channels=4", "train.batch_size=4", "train.resolution=16",
         "genotype=DARTS_V2", "device=cpu")

@@ -15,8 +15,8 @@ from unrealnas.data.generators import dataset_dir, generate_dataset
 from unrealnas.data.store import load_manifest, read_split
 from unrealnas.dist import DistEnv
 from unrealnas.errors import DataError
-from unrealnas.train.registry import build_target
 from unrealnas.train.retrain import target_spec
+from unrealnas.train.targets.registry import build_target
 
 TINY = ("train.layers=3", "train.init_channels=4", "train.batch_size=16", "data.num_images=40",
         "genotype=DARTS_V2", "device=cpu")

@@ -1,6 +1,6 @@
 """The training targets by name (``train.target``): the one place that knows every target module.
 
-The target modules subclass :class:`unrealnas.train.target.Target`; they are imported when their
+The target modules subclass :class:`unrealnas.train.targets.base.Target`; they are imported when their
 target is built (ImageNet's FFCV loader needs the optional ``ffcv`` package).
 """
 
@@ -9,39 +9,39 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from unrealnas.errors import ConfigError
-from unrealnas.train.target import Target, TargetSpec
+from unrealnas.train.targets.base import Target, TargetSpec
 
 
 def _cifar(spec: TargetSpec, name: str) -> Target:
-    from unrealnas.train.cifar import CifarTarget
+    from unrealnas.train.targets.cifar import CifarTarget
 
     return CifarTarget(spec, name)
 
 
 def _digits(spec: TargetSpec, name: str) -> Target:
-    from unrealnas.train.cifar import DigitsTarget
+    from unrealnas.train.targets.cifar import DigitsTarget
 
     return DigitsTarget(spec, name)
 
 
 def _imagenet(spec: TargetSpec, name: str) -> Target:
     if spec.loader == "ffcv":
-        from unrealnas.train.imagenet_ffcv import FFCVImageNetTarget
+        from unrealnas.train.targets.imagenet_ffcv import FFCVImageNetTarget
 
         return FFCVImageNetTarget(spec)
-    from unrealnas.train.imagenet import ImageFolderTarget
+    from unrealnas.train.targets.imagenet import ImageFolderTarget
 
     return ImageFolderTarget(spec)
 
 
 def _chexpert(spec: TargetSpec, name: str) -> Target:
-    from unrealnas.train.chexpert import CheXpertTarget
+    from unrealnas.train.targets.chexpert import CheXpertTarget
 
     return CheXpertTarget(spec)
 
 
 def _dataset(spec: TargetSpec, name: str) -> Target:
-    from unrealnas.train.stored import StoredTarget
+    from unrealnas.train.targets.stored import StoredTarget
 
     return StoredTarget(spec, name)
 

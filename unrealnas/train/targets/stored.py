@@ -17,7 +17,7 @@ from pathlib import Path
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device
 from unrealnas.errors import DataError
 from unrealnas.search.state import resize_images
-from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.base import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
 EVAL_BATCH = 256
 

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from unrealnas.errors import ConfigError, DataError
-from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, SampledTarget
-from unrealnas.train.target import TargetSpec
+from unrealnas.train.targets.base import TargetSpec
+from unrealnas.train.targets.imagenet import IMAGENET_MEAN, IMAGENET_STD, SampledTarget
 
 PATHOLOGIES = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 META_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")

@@ -24,7 +24,7 @@ from unrealnas.data.cifar import (
     read_cifar,
 )
 from unrealnas.errors import DataError
-from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.base import Batch, Target, TargetSpec, derive_seed, per_rank_batch
 
 PAD = 4  # random-crop padding (px), the standard CIFAR augmentation
 

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from unrealnas.errors import DataError
-from unrealnas.train.color_jitter import imagenet_color_jitter
-from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.base import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.color_jitter import imagenet_color_jitter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

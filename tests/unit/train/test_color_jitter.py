@@ -2,7 +2,7 @@
 
 import torch
 
-from unrealnas.train.color_jitter import IMAGENET_JITTER, imagenet_color_jitter, jitter_batch
+from unrealnas.train.targets.color_jitter import IMAGENET_JITTER, imagenet_color_jitter, jitter_batch
 
 
 def test_jitter_strengths_are_the_darts_ones():
@@ -26,7 +26,7 @@ def test_torchvision_imagenet_pipeline_has_the_jitter():
     from PIL import Image
     from torchvision import transforms as T
 
-    from unrealnas.train.imagenet import train_transform
+    from unrealnas.train.targets.imagenet import train_transform
 
     tf = train_transform(16)
     jitters = [t for t in tf.transforms if isinstance(t, T.ColorJitter)]
@@ -41,7 +41,7 @@ def test_torchvision_imagenet_pipeline_has_the_jitter():
 def test_ffcv_path_jitters_its_batches():
     import inspect
 
-    from unrealnas.train import imagenet_ffcv
+    from unrealnas.train.targets import imagenet_ffcv
 
     # the FFCV loader cannot run without .beton files and a GPU build; its batch step is checked by source
     assert "jitter_batch(x, self._jitter)" in inspect.getsource(imagenet_ffcv.FFCVImageNetTarget.train_batches)

@@ -21,9 +21,9 @@ from unrealnas import dist
 from unrealnas.atomic import atomic_path, sha256_file, write_json_atomic
 from unrealnas.data.ffcv_store import _require_ffcv, check_beton, remove_stale_temps, supervised_writer
 from unrealnas.errors import DataError
-from unrealnas.train.color_jitter import imagenet_color_jitter, jitter_batch
-from unrealnas.train.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
-from unrealnas.train.target import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.base import Batch, Target, TargetSpec, derive_seed, per_rank_batch
+from unrealnas.train.targets.color_jitter import imagenet_color_jitter, jitter_batch
+from unrealnas.train.targets.imagenet import IMAGENET_MEAN, IMAGENET_STD, load_image_folder
 
 
 def write_imagefolder_beton(folder: Path, out: Path, max_resolution: int, num_workers: int = 4) -> Path:
