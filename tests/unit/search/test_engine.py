@@ -157,7 +157,7 @@ def test_bad_settings_and_seed_lists_are_one_line(tmp_path):
         run_search(compose_config(_overrides(tmp_path, "search.supernet=per_edge", "seeds=[0,1]")))
     base = [sys.executable, "-m", "unrealnas", "search", *_overrides(tmp_path)]
     cases = ((["seeds=[0,1]", "seed=3"], "either the list or one seed"), (["seeds=[2,2]"], "distinct"),
-             (["search.cuda_graph=on"], "needs a CUDA device"), (["search.cuda_graph=yes"], "auto, on or off"))
+             (["search.cuda_graph=on"], "needs a CUDA device"), (["search.cuda_graph=yes"], "choose one of auto, on, off"))
     for args, needle in cases:
         out = subprocess.run(base + args, capture_output=True, text=True)
         assert out.returncode == 2, out.stderr
