@@ -18,15 +18,16 @@ from conftest import smoke_overrides
 
 from unrealnas.config import compose_config
 from unrealnas.cuda_graph import (
-    GRAPH_SETTINGS,
     GraphedStep,
     GraphError,
     enable_cudnn_benchmark,
     graph_outcome,
 )
-from unrealnas.errors import UserError
+from unrealnas.errors import ConfigError, UserError
+from unrealnas.search.graphs import use_cuda_graph
 from unrealnas.train import loop as train_loop
 from unrealnas.train import retrain as train_retrain
+from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import LoopOptions, build_optimizer, train_state, train_step
 
 
@@ -238,7 +239,10 @@ def test_checked_without_state_is_refused():
 def test_graph_outcome_and_settings(monkeypatch):
     assert graph_outcome(None, "CPU device") == {"cuda_graph": "off", "reason": "CPU device", "captures": 0,
                                                  "self_checks": 0}
-    assert GRAPH_SETTINGS == ("auto", "on", "off")
+    with pytest.raises(ConfigError, match="search.cuda_graph='yes' is invalid: choose one of auto, on, off"):
+        use_cuda_graph("yes", torch.device("cpu"), "darts")  # a bench's plain string, checked against the schema
+    with pytest.raises(ConfigError, match="train.cuda_graph='1' is invalid: choose one of auto, on, off"):
+        train_cuda_graph_off("1", torch.device("cpu"), "sgd", None, False)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     assert not enable_cudnn_benchmark("cpu") and torch.backends.cudnn.benchmark is False
     assert enable_cudnn_benchmark(torch.device("cuda", 1)) and torch.backends.cudnn.benchmark is True

@@ -20,7 +20,7 @@ def test_search_cuda_graph_resolution():
     assert not use_cuda_graph("auto", CPU, "darts") and not use_cuda_graph("auto", GPU, "darts2")
     assert not use_cuda_graph("off", GPU, "darts")
     for setting, device, method, needle in (("on", CPU, "darts", "needs a CUDA device"),
-                                            ("on", GPU, "darts2", "second-order"), ("yes", GPU, "darts", "auto, on or off")):
+                                            ("on", GPU, "darts2", "second-order"), ("yes", GPU, "darts", "choose one of auto, on, off")):
         with pytest.raises(ConfigError, match=needle):
             use_cuda_graph(setting, device, method)
 
