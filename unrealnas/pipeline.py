@@ -240,7 +240,7 @@ def check_search_data(dcfg: DictConfig, dataset: str) -> None:
 def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     """Every task of the experiment in ``cfg`` (composed from ``overrides``), stage by stage."""
     from unrealnas.config import compose_config
-    from unrealnas.data.generators import dataset_dir
+    from unrealnas.data.generators import ROTATIONS, dataset_dir
     from unrealnas.search.run import search_run_dir
 
     exp = cfg.experiment
@@ -320,6 +320,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                 else:
                     check_search_data(cfg0, dataset)
                     label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
+                    if label == "rotation":  # the searches' result.json: 4 rotation classes, not data.num_classes
+                        n_cls = ROTATIONS
                     cell = [str(method), str(cfg0.data.name), label, n_cls]
                     group = "/".join([*cell[:3], f"c{n_cls}"])
                 for t_entry in order:

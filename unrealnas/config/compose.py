@@ -12,6 +12,8 @@ from unrealnas.errors import ConfigError
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
 SPLITS = ("same_flipped", "other_half")
+LABELS = ("random", "true", "rotation")  # data.label: rotation = UnNAS's pretext task (4 classes, made by the loader)
+NOISE_DATA = ("rlrn",)  # generators whose images have no orientation (refused with rotation labels)
 
 
 def package_dir(name: str) -> Path:
@@ -104,7 +106,11 @@ def validate_config(cfg: DictConfig) -> None:
     # YAML and the command line read an unquoted `true` as a boolean, which OmegaConf stores as "True"
     d.label = str(d.label).lower()
     _check(d.name in DATA_NAMES, "data.name", d.name, f"choose one of {', '.join(DATA_NAMES)}")
-    _check(d.label in ("random", "true"), "data.label", d.label, "choose random or true")
+    _check(d.label in LABELS, "data.label", d.label, f"choose one of {', '.join(LABELS)}")
+    # a rotated noise image is another noise image: the rotation is not in the data, nothing to learn
+    _check(not (d.label == "rotation" and d.name in NOISE_DATA), "data.label", d.label,
+           f"rotation labels need images with an orientation, {d.name} is noise: choose data=digits, cifar10, "
+           "cifar100, rlrd or rlgd")
     _check(2 <= d.num_classes <= 100_000, "data.num_classes", d.num_classes, "use a class count from 2 to 100000")
     _check(d.num_images is None or d.num_images >= 2, "data.num_images", d.num_images, "use at least 2 images")
     _check(4 <= d.resolution <= 4096, "data.resolution", d.resolution, "use a resolution from 4 to 4096 px")

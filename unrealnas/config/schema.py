@@ -41,7 +41,7 @@ class FractalConfig:
 @dataclass
 class DataConfig:
     name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 | digits (true labels)
-    label: str = "random"  # random (uniform, drawn once per dataset and seed) | true
+    label: str = "random"  # random (uniform, drawn once per dataset and seed) | true | rotation (UnNAS: every image at 0/90/180/270 degrees, labelled by the rotation; searches only, not noise)
     num_classes: int = 5000  # random-label classes (2..100000); ignored for true labels
     num_images: Optional[int] = 50_000  # images in the train split; null = all of the source
     resolution: int = 32  # image height = width (px)

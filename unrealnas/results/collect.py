@@ -27,7 +27,7 @@ RESULT_FILE = "result.json"
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
-LABELS = ("random", "true")
+LABELS = ("random", "true", "rotation")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
@@ -285,7 +285,7 @@ def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = N
 
 
 def architecture_name(cell: Cell) -> str:
-    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
+    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), UnNAS-DARTS-DIGITS (rotation labels)."""
     method, data, label, classes = cell
     m = METHODS[method].display if method in METHODS else method
     if data == MISSING:
@@ -293,4 +293,6 @@ def architecture_name(cell: Cell) -> str:
     if label == "random":
         suffix = f" ({classes} classes)" if classes is not None else ""
         return f"UnrealNAS-{m}-{data.upper()}{suffix}"
+    if label == "rotation":  # UnNAS: the self-supervised rotation task on real (or fractal) images
+        return f"UnNAS-{m}-{data.upper()} (rotation labels)"
     return f"{m}-{data.upper()} (true labels)"
