@@ -138,6 +138,17 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
     _check(s.sgas.normalize_over in ("all", "undecided"), "search.sgas.normalize_over", s.sgas.normalize_over,
            "choose all (the reference) or undecided")
+    r = s.rlnas
+    # `+search.unrolled=...` slips past the schema (a `+` adds keys); RLNAS has no architecture step to unroll
+    _check(not (s.method == "rlnas" and "unrolled" in s), "search.unrolled", s.get("unrolled"),
+           "search=rlnas has no architecture step to unroll: drop it (second-order DARTS is search=darts2)")
+    _check(r.augment in ("crop_flip", "none"), "search.rlnas.augment", r.augment, "choose crop_flip or none")
+    _check(1 <= r.parents <= r.population, "search.rlnas.population", r.population,
+           f"use a population of at least search.rlnas.parents={r.parents} (RLNAS: 50 and 10)")
+    _check(0 <= r.mutations and 0 <= r.crossovers and r.mutations + r.crossovers <= r.population,
+           "search.rlnas.mutations", r.mutations, f"mutations + crossovers must not exceed population={r.population}")
+    _check(r.generations >= 1, "search.rlnas.generations", r.generations, "use at least 1 generation")
+    _check(0.0 <= r.mutation_prob <= 1.0, "search.rlnas.mutation_prob", r.mutation_prob, "use a probability in [0, 1]")
     _check(s.alpha_init in ("zeros", "randn"), "search.alpha_init", s.alpha_init, "choose zeros or randn")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")

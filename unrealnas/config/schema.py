@@ -68,8 +68,22 @@ class SGASConfig:
 
 
 @dataclass
+class RLNASConfig:
+    """search=rlnas (megvii-model/RLNAS, darts_search_space/cifar10): the supernet's augmentation and the evolution."""
+
+    augment: str = "crop_flip"  # supernet images: crop_flip (RLNAS train_supernet/utils.py: pad-4 crop + flip) | none
+    population: int = 50  # candidates per generation (RLNAS evolution_search/config.py population_num)
+    parents: int = 10  # best candidates kept as parents (config.py select_num)
+    mutations: int = 25  # mutants per generation (config.py mutation_num)
+    crossovers: int = 25  # crossover children per generation (config.py crossover_num); the rest are random
+    mutation_prob: float = 0.1  # each code redrawn with this probability (config.py m_prob)
+    generations: int = 20  # generations evaluated (config.py max_epochs)
+    mutate_reduce: bool = False  # also mutate the reduction cell (RLNAS search.py mutates the normal cell's 14 codes only)
+
+
+@dataclass
 class SearchConfig:
-    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | random (a sampled cell, no search)
+    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | rlnas (single-path supernet + angle evolution) | random (a sampled cell, no search)
     layers: int = 8  # cells in the supernet
     init_channels: int = 16  # channels of the first cell
     nodes: int = 4  # intermediate nodes per cell
@@ -91,6 +105,7 @@ class SearchConfig:
     num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
     train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
+    rlnas: RLNASConfig = field(default_factory=RLNASConfig)
     amp: str = "off"  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
     channels_last: str = "auto"  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
