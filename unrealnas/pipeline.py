@@ -159,6 +159,10 @@ def _check_experiment(exp: DictConfig, name: str) -> None:
         fail("methods", f"{list(exp.methods)}; choose from {', '.join(methods)}")
     if not exp.datasets or any(d not in datasets for d in exp.datasets):
         fail("datasets", f"{list(exp.datasets)}; choose from {', '.join(datasets)}")
+    for cell in exp.cells:
+        m, _, d = str(cell).partition("/")
+        if m not in exp.methods or d not in exp.datasets:
+            fail("cells", f"{cell!r}; give method/dataset pairs of experiment.methods and experiment.datasets")
     # Class counts of datasets not in experiment.datasets are unused, so that a command line can
     # narrow the sweep with experiment.datasets=[rlrn] alone.
     for d, counts in exp.num_classes.items():
@@ -309,6 +313,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
         # A sampled method (the random baseline) has one cell per seed whatever the datasets.
         sampled = str(method) in SAMPLED_METHODS
         for dataset in [None] if sampled else exp.datasets:
+            if exp.cells and not sampled and f"{method}/{dataset}" not in exp.cells:
+                continue  # not a row of this experiment (experiment.cells lists them)
             for classes in [None] if sampled else list(exp.num_classes.get(dataset) or [None]):
                 cell_ovs = [*base, f"search={method}", *([f"data={dataset}"] if dataset is not None else []),
                             *([f"data.num_classes={int(classes)}"] if classes is not None else []),
