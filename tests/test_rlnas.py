@@ -31,6 +31,7 @@ from unrealnas.nas.single_path import (
     sample_candidate,
     subnet_vector,
 )
+from unrealnas.results.collect import architecture_name
 from unrealnas.search.evolution import EvolutionSettings, EvolutionState, evolve
 from unrealnas.search.rlnas import EVAL_FAULT_ENV, EVOLUTION_FILE
 from unrealnas.search.run import FAULT_ENV, run_search, search_run_dir
@@ -187,7 +188,12 @@ def test_rlnas_search_writes_an_ordinary_run_directory(tmp_path):
     assert state["generation"] == 3 and result["metrics"]["angle"] > 0
     assert result["metrics"]["angle"] == max(v for _, v in state["fitness"])
     # the smoke preset's warm-up epoch counts as a supernet epoch: warmup_epochs + epochs, as every search
-    assert [(r["epoch"], r["phase"]) for r in read_jsonl(run_dir / "metrics.jsonl")] == [(e, "supernet") for e in range(3)]
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(0, "supernet"), (1, "supernet"), (2, "supernet"),
+                                                       (3, "evolution")]
+    assert rows[-1]["evaluated"] == result["metrics"]["evaluated"] and rows[-1]["seconds"] > 0
+    assert result["compute_s"] == pytest.approx(sum(r["seconds"] for r in rows))  # the evolution is search cost
+    assert architecture_name(("rlnas", "rlrd", "random", 10)) == "RLNAS-RLRD (10 random classes)"
 
 
 @pytest.mark.parametrize("env", [{FAULT_ENV: "6"}, {EVAL_FAULT_ENV: "11"}], ids=["supernet", "evolution"])

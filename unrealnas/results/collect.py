@@ -290,6 +290,8 @@ def architecture_name(cell: Cell) -> str:
     m = METHODS[method].display if method in METHODS else method
     if data == MISSING:
         return m
+    if label == "random" and method in METHODS and METHODS[method].single_path:  # RLNAS: random labels, its own method
+        return f"{m}-{data.upper()} ({classes} random classes)"
     if label == "random":
         suffix = f" ({classes} classes)" if classes is not None else ""
         return f"UnrealNAS-{m}-{data.upper()}{suffix}"

@@ -110,8 +110,10 @@ class SupernetRun:
         self.net = SinglePathNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
                                  s.stem_multiplier, in_channels=int(self.manifest["shape"][2])).to(self.device)
         self.weight_decay = float(s.weight_decay) if s.weight_decay is not None else 0.0
-        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=s.lr, momentum=s.momentum,
-                                         weight_decay=self.weight_decay)
+        # ~2,000 weight tensors (8 ops x 14 edges per cell): listed once, updated with foreach kernels
+        self.params = list(self.net.parameters())
+        self.optimizer = torch.optim.SGD(self.params, lr=s.lr, momentum=s.momentum, weight_decay=self.weight_decay,
+                                         foreach=True)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, self.total_epochs,
                                                                     eta_min=s.lr_min)
         self.epoch, self.batch = 0, 0
@@ -140,7 +142,7 @@ class SupernetRun:
         self.epoch, self.batch, self.meters = int(state["epoch"]), int(state["batch"]), dict(state["meters"])
         # The uninterrupted run holds a (zeroed) gradient for every weight a step has used, so SGD keeps
         # applying momentum and weight decay to it; those weights are the ones with a momentum buffer.
-        for p in self.net.parameters():
+        for p in self.params:
             if self.optimizer.state.get(p, {}).get("momentum_buffer") is not None:
                 p.grad = torch.zeros_like(p)
         return True
@@ -171,7 +173,7 @@ class SupernetRun:
                 self.optimizer.zero_grad(set_to_none=False)
                 loss.backward()
                 if s.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), s.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(self.params, s.grad_clip, foreach=True)
                 self.optimizer.step()
                 m = self.meters
                 m["loss_sum"] += float(loss.detach()) * len(y)  # one sync per step, as the reference's loss.item()
@@ -262,7 +264,12 @@ def _run_one(cfg: DictConfig, run_dir: Path, folder: Path, say: Callable[[str], 
     write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
     write_json_atomic(run_dir / "provenance.json", {**provenance("fp32"), "engine": "rlnas single path"})
     run.train()
+    t0 = time.perf_counter()
     state = run_evolution(run)
+    # the evolution's time is search cost too (measured in this process; a resumed one counts its last part)
+    append_jsonl(run_dir / "metrics.jsonl", {"epoch": run.total_epochs, "phase": "evolution",
+                                             "seconds": time.perf_counter() - t0, "generations": state.generation,
+                                             "evaluated": len(state.fitness), "best_angle": state.fitness[state.parents[0]]})
     _finish(run, state, started)
 
 
@@ -279,8 +286,8 @@ def _finish(run: SupernetRun, state: EvolutionState, started: float) -> None:
     except Exception as e:  # a drawing failure must not lose a finished search
         run.say(f"warning: could not draw the genotype ({e})")
     rows = read_jsonl(run_dir / "metrics.jsonl")
-    compute_s = sum(r.get("seconds") or 0.0 for r in rows)
-    last = rows[-1] if rows else {}
+    compute_s = sum(r.get("seconds") or 0.0 for r in rows)  # supernet epochs and the evolution
+    last = next((r for r in reversed(rows) if r.get("phase") == "supernet"), {})
     skip_normal, skip_reduce = count_skips(genotype)
     hours_key = "gpu_hours" if run.device.type == "cuda" else "cpu_hours"
     result = {
