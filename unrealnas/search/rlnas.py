@@ -10,7 +10,8 @@
 2. **Evolution.** :func:`~unrealnas.search.evolution.evolve` over the repaired candidates, fitness
    = the angle between a sub-network's initial and trained weight vectors
    (:class:`~unrealnas.nas.single_path.AngleTable`); its state is ``evolution.json`` (plain JSON),
-   written after every evaluation, so a killed search resumes to the same genotype.
+   written after each population's evaluation and each generation, so a killed search resumes to
+   the same genotype.
 
 Why not the search engine: the engine's iteration is DARTS's bilevel step on the fused supernet,
 which runs every op of every edge as stacked kernels with non-affine BN. RLNAS runs one op per
