@@ -93,3 +93,16 @@ def test_rotation_search_end_to_end(tmp_path):
     assert result["hparams"] == {"weight_decay": 3e-4, "arch_weight_decay": 1e-3, "split": "other_half"}
     assert 0.0 <= result["metrics"]["train_acc"] <= 100.0  # counted over the 4 rotated copies
     assert run_search(compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *TINY))) == run_dir
+
+
+def test_rotation_seeds_pack_into_one_network(tmp_path):
+    """seeds=[0,1] runs both rotation searches in one process, each in the run directory of its seed=N."""
+    from unrealnas.search.run import run_search_seeds
+
+    cfg = compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *TINY, "seeds=[0,1]"))
+    dirs = run_search_seeds(cfg, [0, 1], lambda _m: None)
+    assert [d.name for d in dirs] == [search_run_id(compose_config(smoke_overrides(
+        tmp_path, "data=digits", "data.label=rotation", *TINY, f"seed={s}"))) for s in (0, 1)]
+    for d in dirs:
+        result = json.loads((d / "result.json").read_text())
+        assert result["search_label"] == "rotation" and result["num_classes"] == 4 and result["seeds_in_process"] == 2
