@@ -172,6 +172,8 @@ def test_population_smaller_than_parents_is_refused(tmp_path):
         _settings(population=5, parents=10, mutations=0, crossovers=0).check()
     with pytest.raises(ConfigError, match="mutations"):
         compose_config(smoke_overrides(tmp_path, "search=rlnas", "search.rlnas.mutations=40"))
+    with pytest.raises(ConfigError, match="search=rlnas trains on the dataset's stored labels"):
+        compose_config(smoke_overrides(tmp_path, "search=rlnas", "data=digits", "data.label=rotation"))
     for unrolled in ("search.unrolled=true", "+search.unrolled=true"):  # no architecture step to unroll
         with pytest.raises(ConfigError, match="unrolled"):
             compose_config(smoke_overrides(tmp_path, "search=rlnas", unrolled))

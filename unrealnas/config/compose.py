@@ -139,6 +139,9 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.sgas.normalize_over in ("all", "undecided"), "search.sgas.normalize_over", s.sgas.normalize_over,
            "choose all (the reference) or undecided")
     r = s.rlnas
+    _check(not (s.method == "rlnas" and d.label == "rotation"), "data.label", d.label,
+           "search=rlnas trains on the dataset's stored labels (RLNAS: random ones); rotation labels are for "
+           "search=darts, darts2, sgas_c1 or sgas_c2")
     # `+search.unrolled=...` slips past the schema (a `+` adds keys); RLNAS has no architecture step to unroll
     _check(not (s.method == "rlnas" and "unrolled" in s), "search.unrolled", s.get("unrolled"),
            "search=rlnas has no architecture step to unroll: drop it (second-order DARTS is search=darts2)")
