@@ -84,15 +84,20 @@ def test_rotation_reads_the_sources_own_dataset_and_names_its_run(tmp_path, data
     assert architecture_name(("darts", data, "rotation", 4)) == f"UnNAS-DARTS-{data.upper()} (rotation labels)"
 
 
-def test_rotation_search_end_to_end(tmp_path):
-    """A DARTS search on the digits' rotations: 4 classes, result.json names the label, true-label defaults."""
-    run_dir = run_search(compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *TINY)))
+@pytest.mark.parametrize("method", ["darts", "darts2", "sgas_c1"])
+def test_rotation_search_end_to_end(tmp_path, method):
+    """A search on the digits' rotations: 4 classes, result.json names the label, true-label defaults."""
+    extra = [f"search={method}", *TINY, *(["search.sgas.warmup_dec_epoch=0"] if method.startswith("sgas") else [])]
+    run_dir = run_search(compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *extra)))
     result = json.loads((run_dir / "result.json").read_text())
     assert result["status"] == "completed" and result["search_label"] == "rotation"
     assert result["num_classes"] == 4 and len(result["alphas"]["normal"]) == 14
     assert result["hparams"] == {"weight_decay": 3e-4, "arch_weight_decay": 1e-3, "split": "other_half"}
     assert 0.0 <= result["metrics"]["train_acc"] <= 100.0  # counted over the 4 rotated copies
-    assert run_search(compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *TINY))) == run_dir
+    assert result["method"] == method and run_dir.name.startswith(f"{method}-digits-rot-s0-")
+    if method.startswith("sgas"):
+        assert result["sgas"]["num_decisions"] >= 1  # the decision grew the rotated loaders' batch too
+    assert run_search(compose_config(smoke_overrides(tmp_path, "data=digits", "data.label=rotation", *extra))) == run_dir
 
 
 def test_rotation_seeds_pack_into_one_network(tmp_path):
