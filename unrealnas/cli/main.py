@@ -22,7 +22,7 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "verify": ("unrealnas.cli.data", "cmd_verify", "verify every shard of a dataset folder: verify <folder>"),
     "export-ffcv": ("unrealnas.cli.data", "cmd_export_ffcv", "write an FFCV .beton beside a dataset: export-ffcv <folder>"),
     "inspect": ("unrealnas.cli.data", "cmd_inspect", "print a dataset's manifest summary and label histogram"),
-    "search": ("unrealnas.cli.search", "cmd_search", "run a DARTS/SGAS search (or sample a random cell): search=darts|darts2|sgas_c1|sgas_c2|random"),
+    "search": ("unrealnas.cli.search", "cmd_search", "run a DARTS/SGAS/RLNAS search (or sample a random cell): search=darts|darts2|sgas_c1|sgas_c2|rlnas|random"),
     "retrain": ("unrealnas.cli.train", "cmd_retrain", "retrain a found cell: train=cifar10|cifar100|imagenet|chexpert genotype=<path>"),
     "evaluate": ("unrealnas.cli.train", "cmd_evaluate", "evaluate a retrain run directory: evaluate <run dir>"),
     "describe": ("unrealnas.cli.train", "cmd_describe", "params (M) and FLOPs (M) of a genotype's network: genotype=<path> train=<target>"),

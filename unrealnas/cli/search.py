@@ -9,7 +9,7 @@ from unrealnas.observe import say as _say  # timestamped, on the unrealnas logge
 
 
 def cmd_search(args: list[str]) -> int:
-    """Run (or resume) one architecture search."""
+    """Run (or resume) one architecture search; search=rlnas: a single-path supernet on random labels, then an evolution by weight angle."""
     from unrealnas.search.run import run_search
 
     positional, overrides = split_args(args)
@@ -17,10 +17,11 @@ def cmd_search(args: list[str]) -> int:
         raise UserError(f"search takes only key=value overrides, got {' '.join(positional)}")
     cfg = compose_config(overrides)
     if cfg.get("seeds") is not None:
-        from unrealnas.search.engine import check_seed_overrides, packed_seeds, run_seeds
+        from unrealnas.search.engine import check_seed_overrides, packed_seeds
+        from unrealnas.search.run import run_search_seeds
 
         check_seed_overrides(overrides)
-        for run_dir in run_seeds(cfg, packed_seeds(cfg) or [], _say):
+        for run_dir in run_search_seeds(cfg, packed_seeds(cfg) or [], _say):
             print(run_dir)
         return 0
     run_dir = run_search(cfg, progress=_say)

@@ -13,6 +13,7 @@ from unrealnas.errors import ConfigError
 from unrealnas.rundir import CONFIG_FILE
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
+NOISE_DATA = ("rlrn",)  # generators whose images have no orientation (refused with rotation labels)
 
 
 def package_dir(name: str) -> Path:
@@ -111,6 +112,10 @@ def validate_config(cfg: DictConfig) -> None:
     # YAML and the command line read an unquoted `true` as a boolean, which OmegaConf stores as "True"
     d.label = str(d.label).lower()
     _check(d.name in DATA_NAMES, "data.name", d.name, f"choose one of {', '.join(DATA_NAMES)}")
+    # a rotated noise image is another noise image: the rotation is not in the data, nothing to learn
+    _check(not (d.label == "rotation" and d.name in NOISE_DATA), "data.label", d.label,
+           f"rotation labels need images with an orientation, {d.name} is noise: choose data=digits, cifar10, "
+           "cifar100, rlrd or rlgd")
     _check(2 <= d.num_classes <= 100_000, "data.num_classes", d.num_classes, "use a class count from 2 to 100000")
     _check(d.num_images is None or d.num_images >= 2, "data.num_images", d.num_images, "use at least 2 images")
     _check(4 <= d.resolution <= 4096, "data.resolution", d.resolution, "use a resolution from 4 to 4096 px")
@@ -133,6 +138,19 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.layers >= 3, "search.layers", s.layers, "use at least 3 cells (two are reductions)")
     _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")
     _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
+    r = s.rlnas
+    _check(not (s.method == "rlnas" and d.label == "rotation"), "data.label", d.label,
+           "search=rlnas trains on the dataset's stored labels (RLNAS: random ones); rotation labels are for "
+           "search=darts, darts2, sgas_c1 or sgas_c2")
+    # `+search.unrolled=...` slips past the schema (a `+` adds keys); RLNAS has no architecture step to unroll
+    _check(not (s.method == "rlnas" and "unrolled" in s), "search.unrolled", s.get("unrolled"),
+           "search=rlnas has no architecture step to unroll: drop it (second-order DARTS is search=darts2)")
+    _check(1 <= r.parents <= r.population, "search.rlnas.population", r.population,
+           f"use a population of at least search.rlnas.parents={r.parents} (RLNAS: 50 and 10)")
+    _check(0 <= r.mutations and 0 <= r.crossovers and r.mutations + r.crossovers <= r.population,
+           "search.rlnas.mutations", r.mutations, f"mutations + crossovers must not exceed population={r.population}")
+    _check(r.generations >= 1, "search.rlnas.generations", r.generations, "use at least 1 generation")
+    _check(0.0 <= r.mutation_prob <= 1.0, "search.rlnas.mutation_prob", r.mutation_prob, "use a probability in [0, 1]")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")

@@ -37,6 +37,7 @@ class ExperimentConfig:
     methods: list[str] = field(default_factory=lambda: ["darts"])  # search group names (darts, darts2, sgas_c1, sgas_c2)
     datasets: list[str] = field(default_factory=lambda: ["rlrn"])  # data group names (rlrd, rlgd, rlrn, cifar10, ...)
     num_classes: dict[str, list[int]] = field(default_factory=dict)  # per dataset; absent = the data group's default
+    cells: list[str] = field(default_factory=list)  # "method/dataset" rows searched (e.g. rlnas/rlrd); empty = every method x dataset
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # repeats: one search per seed and cell
     retrain: dict[str, RetrainSpec] = field(default_factory=dict)  # name -> retrain of every search; empty = none
     retrain_seeds: list[int] = field(default_factory=list)  # seeds of each search's retrains; empty = the search's seed

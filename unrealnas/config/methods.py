@@ -21,16 +21,17 @@ class Method:
     sampled: bool = False  # samples its cell (the random baseline): no iterations, no search data
     second_order: bool = False  # DARTS's unrolled architecture step (finite differences)
     sgas: bool = False  # SGAS: greedy edge decisions by criterion 1 or 2
+    single_path: bool = False  # RLNAS: single-path supernet + evolution (search/rlnas.py), not the DARTS engine
 
     @property
     def packable(self) -> bool:
-        """Whether S seeds can run as one seed-stacked network (every method with iterations)."""
-        return not self.sampled
+        """Whether S seeds can run as one seed-stacked network (the engine's methods)."""
+        return not self.sampled and not self.single_path
 
     @property
     def graphable(self) -> bool:
         """Whether ``search.cuda_graph=auto`` captures its iteration (first order only)."""
-        return not self.sampled and not self.second_order
+        return not self.sampled and not self.second_order and not self.single_path
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -38,6 +39,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("darts2", "DARTS (2nd order)", second_order=True),
     Method("sgas_c1", "SGAS (Cri.1)", sgas=True),
     Method("sgas_c2", "SGAS (Cri.2)", sgas=True),
+    Method("rlnas", "RLNAS", single_path=True),
     Method("random", "Random cell", sampled=True),
 )}
 SEARCH_METHODS = tuple(METHODS)  # the choices of search.method

@@ -30,7 +30,7 @@ def _choice(name: str, *values: str) -> type[Choice]:
     return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
 
 
-Label = _choice("Label", "random", "true")
+Label = _choice("Label", "random", "true", "rotation")
 SearchAmp = _choice("SearchAmp", "auto", "bf16", "off")
 TrainAmp = _choice("TrainAmp", "auto", "bf16", "fp16", "off")
 Switch = _choice("Switch", "auto", "on", "off")  # channels_last, cuda_graph: auto decides by device (and method)
@@ -47,6 +47,7 @@ Uncertainty = _choice("Uncertainty", "u_ones", "u_zeros", "ignore")
 Loader = _choice("Loader", "torch", "ffcv")
 LauncherName = _choice("LauncherName", "local", "slurm")
 OutputFormat = _choice("OutputFormat", "text", "json")
+Augment = _choice("Augment", "crop_flip", "none")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class FractalConfig:
 @dataclass
 class DataConfig:
     name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 | digits (true labels)
-    label: Label = Label.random  # random (uniform, drawn once per dataset and seed) | true
+    label: Label = Label.random  # random (uniform, drawn once per dataset and seed) | true | rotation (UnNAS: every image at 0/90/180/270 degrees, labelled by the rotation; searches only, not noise)
     num_classes: int = 5000  # random-label classes (2..100000); ignored for true labels
     num_images: Optional[int] = 50_000  # images in the train split; null = all of the source
     resolution: int = 32  # image height = width (px)
@@ -103,8 +104,22 @@ class SGASConfig:
 
 
 @dataclass
+class RLNASConfig:
+    """search=rlnas (megvii-model/RLNAS, darts_search_space/cifar10): the supernet's augmentation and the evolution."""
+
+    augment: Augment = Augment.crop_flip  # supernet images: crop_flip (RLNAS train_supernet/utils.py: pad-4 crop + flip) | none
+    population: int = 50  # candidates per generation (RLNAS evolution_search/config.py population_num)
+    parents: int = 10  # best candidates kept as parents (config.py select_num)
+    mutations: int = 25  # mutants per generation (config.py mutation_num)
+    crossovers: int = 25  # crossover children per generation (config.py crossover_num); the rest are random
+    mutation_prob: float = 0.1  # each code redrawn with this probability (config.py m_prob)
+    generations: int = 20  # generations evaluated (config.py max_epochs)
+    mutate_reduce: bool = False  # also mutate the reduction cell (RLNAS search.py mutates the normal cell's 14 codes only)
+
+
+@dataclass
 class SearchConfig:
-    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | random (a sampled cell, no search)
+    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | rlnas (single-path supernet + angle evolution) | random (a sampled cell, no search)
     layers: int = 8  # cells in the supernet
     init_channels: int = 16  # channels of the first cell
     nodes: int = 4  # intermediate nodes per cell
@@ -126,6 +141,7 @@ class SearchConfig:
     num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
     train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
+    rlnas: RLNASConfig = field(default_factory=RLNASConfig)
     amp: SearchAmp = SearchAmp.off  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
     channels_last: Switch = Switch.auto  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet

@@ -188,6 +188,20 @@ def build_cifar100(cfg: DictConfig, seed: int) -> DatasetSpec:
     return _build_cifar(cfg, seed, "cifar100", random_label=False)
 
 
+RANDOM_LABEL_KINDS = ("rlrn", "rlgd", "rlrd")  # generators that store uniform random labels; the rest store true ones
+SELF_SUPERVISED_LABELS = ("rotation",)  # data.label values made by the loader from the images (no stored labels)
+ROTATIONS = 4  # data.label=rotation: every image at 0/90/180/270 degrees, the rotation its label (UnNAS)
+
+
+def stored_label(data_cfg: DictConfig) -> str:
+    """The labels the dataset folder holds: ``data.label``, or for a self-supervised label the source's own
+    (so ``data.label=rotation`` reads the very folder the source's random- or true-label search reads)."""
+    label = str(data_cfg.label)
+    if label in SELF_SUPERVISED_LABELS:
+        return "random" if str(data_cfg.name) in RANDOM_LABEL_KINDS else "true"
+    return label
+
+
 def data_seed(data_cfg: DictConfig, seed: int) -> int:
     """The seed that picks the dataset: ``data.seed``, or the master seed when it is null."""
     value = data_cfg.get("seed")
@@ -205,6 +219,7 @@ def dataset_id(data_cfg: DictConfig, seed: int) -> str:
     keys = dict(OmegaConf.to_container(data_cfg, resolve=True))
     for k in ("id", "shard_size", "verify_on_load", "root", "seed", "workers"):
         keys.pop(k, None)
+    keys["label"] = stored_label(data_cfg)
     if keys["label"] == "random":
         keys["label_scheme"] = LABEL_SCHEME  # new label draws: new folder, never a stale one
     if keys["name"] != "rlgd":
@@ -236,7 +251,7 @@ def expected_manifest(cfg: DictConfig) -> dict[str, Any]:
     """The manifest fields that the config fixes: kind, source, seed, classes and sizes."""
     d = cfg.data
     want: dict[str, Any] = {"kind": str(d.name), "shape": [int(d.resolution), int(d.resolution), int(d.channels)]}
-    if d.label == "random":  # true labels of real images: the seed changes no byte of the data
+    if stored_label(d) == "random":  # true labels of real images: the seed changes no byte of the data
         want["seed"] = dataset_seed(cfg)
         want["num_classes"] = int(d.num_classes)
     n = d.num_images if d.num_images is not None else DEFAULT_NUM_IMAGES.get(str(d.name))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unrealnas.data.generators import ROTATIONS
 from unrealnas.data.store import load_manifest, read_split, verify_dataset
 from unrealnas.errors import ConfigError, DataError
 
@@ -122,6 +123,54 @@ def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tenso
     return x.gather(3, cols)
 
 
+def rotation_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of B square NCHW images as 4B images at 0/90/180/270 degrees (counter-clockwise) and their labels 0..3.
+
+    Rotation-major: images [kB, (k+1)B) are the batch rotated by k quarter turns, so the labels are
+    ``arange(4).repeat_interleave(B)``; ``torch.rot90`` over (H, W) turns the same way as UnNAS's
+    ``np.rot90(im, k, (1, 2))`` on CHW images.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        raise DataError(f"rotation labels need square images, got {x.shape[-2]}x{x.shape[-1]}")
+    images = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=x.device).repeat_interleave(len(x))
+    return images, labels
+
+
+class RotationLoader:
+    """A loader whose batches are the wrapped loader's images at the four rotations, labelled by rotation.
+
+    The stored labels are dropped; order, augmentation and resume position are the wrapped loader's
+    (a function of (seed, epoch)), so the stream is seeded and resumable like every other one and the
+    split is never stored four times: the rotations are made per batch on the device.
+    """
+
+    def __init__(self, loader: DeviceLoader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def batch_size(self) -> int:
+        """Images drawn per batch (each becomes 4 rotated images)."""
+        return self.loader.batch_size
+
+    @property
+    def num_images(self) -> int:
+        """Images in the split (before rotation)."""
+        return self.loader.num_images
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """Change the number of source images per batch (SGAS grows it); takes effect at the next epoch."""
+        self.loader.set_batch_size(batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (4B rotated images, rotation labels) batches of ``epoch`` from batch ``start_batch``."""
+        for x, _ in self.loader.epoch(epoch, start_batch):
+            yield rotation_batch(x)
+
+
 @dataclass
 class SplitData:
     """A dataset split loaded for training: NCHW tensors plus the manifest."""
@@ -155,14 +204,19 @@ def weight_step_images(n: int, train_portion: float, num_train: int = 0) -> int:
 
 
 def search_loaders(data: SplitData, batch_size: int, seed: int, split: str, train_portion: float = 0.5,
-                   out_dtype: torch.dtype = torch.float32, num_train: int = 0) -> tuple[DeviceLoader, DeviceLoader]:
+                   out_dtype: torch.dtype = torch.float32, num_train: int = 0,
+                   rotation: bool = False) -> tuple[DeviceLoader | RotationLoader, DeviceLoader | RotationLoader]:
     """The weight-step and architecture-step loaders of a search (PROTOCOL section 1).
 
     The weight step takes the first ``num_train`` images (0: the first ``train_portion``).
     ``same_flipped`` (unreal data): the weight step sees normalisation only, the architecture
     step the same images flipped. ``other_half`` (real labels): the weight step gets crop+flip,
     the architecture step the rest of the split with normalisation only (the DARTS split).
+    ``rotation``: both loaders yield every image at the four rotations, labelled by rotation (UnNAS).
     """
+    if rotation:
+        train, val = search_loaders(data, batch_size, seed, split, train_portion, out_dtype, num_train)
+        return RotationLoader(train), RotationLoader(val)  # type: ignore[arg-type]
     n = len(data.labels)
     n_train = weight_step_images(n, train_portion, num_train)
     norm = data.manifest.get("normalization")

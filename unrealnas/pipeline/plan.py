@@ -69,6 +69,10 @@ def _check_experiment(exp: DictConfig, name: str) -> None:
         fail("methods", f"{list(exp.methods)}; choose from {', '.join(methods)}")
     if not exp.datasets or any(d not in datasets for d in exp.datasets):
         fail("datasets", f"{list(exp.datasets)}; choose from {', '.join(datasets)}")
+    for cell in exp.cells:
+        m, _, d = str(cell).partition("/")
+        if m not in exp.methods or d not in exp.datasets:
+            fail("cells", f"{cell!r}; give method/dataset pairs of experiment.methods and experiment.datasets")
     # Class counts of datasets not in experiment.datasets are unused, so that a command line can
     # narrow the sweep with experiment.datasets=[rlrn] alone.
     for d, counts in exp.num_classes.items():
@@ -125,7 +129,7 @@ def _launcher_for(cfg: DictConfig, stage: str, extra: dict[str, Any] | None = No
 def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     """Every task of the experiment in ``cfg`` (composed from ``overrides``), stage by stage."""
     from unrealnas.config import compose_config
-    from unrealnas.data.generators import dataset_dir
+    from unrealnas.data.generators import ROTATIONS, dataset_dir
     from unrealnas.search.state import search_run_dir
 
     exp = cfg.experiment
@@ -194,6 +198,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
         # A sampled method (the random baseline) has one cell per seed whatever the datasets.
         sampled = str(method) in SAMPLED_METHODS
         for dataset in [None] if sampled else exp.datasets:
+            if exp.cells and not sampled and f"{method}/{dataset}" not in exp.cells:
+                continue  # not a row of this experiment (experiment.cells lists them)
             for classes in [None] if sampled else list(exp.num_classes.get(dataset) or [None]):
                 cell_ovs = [*base, f"search={method}", *([f"data={dataset}"] if dataset is not None else []),
                             *([f"data.num_classes={int(classes)}"] if classes is not None else []),
@@ -205,6 +211,8 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
                 else:
                     check_search_data(cfg0, dataset)
                     label, n_cls = str(cfg0.data.label), int(cfg0.data.num_classes)
+                    if label == "rotation":  # the searches' result.json: 4 rotation classes, not data.num_classes
+                        n_cls = ROTATIONS
                     cell = [str(method), str(cfg0.data.name), label, n_cls]
                     group = "/".join([*cell[:3], f"c{n_cls}"])
                 for t_entry in order:

@@ -27,7 +27,7 @@ from unrealnas.rundir import CONFIG_FILE, RESULT_FILE
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
-LABELS = ("random", "true")
+LABELS = ("random", "true", "rotation")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
@@ -253,12 +253,16 @@ def parse_group(stage: str, group: str) -> tuple[Setting | None, str | None]:
 
 
 def architecture_name(setting: Setting) -> str:
-    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
+    """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), UnNAS-DARTS-DIGITS (rotation labels)."""
     method, data, label, classes = setting
     m = METHODS[method].display if method in METHODS else method
     if data == MISSING:
         return m
+    if label == "random" and method in METHODS and METHODS[method].single_path:  # RLNAS: random labels, its own method
+        return f"{m}-{data.upper()} ({classes} random classes)"
     if label == "random":
         suffix = f" ({classes} classes)" if classes is not None else ""
         return f"UnrealNAS-{m}-{data.upper()}{suffix}"
+    if label == "rotation":  # UnNAS: the self-supervised rotation task on real (or fractal) images
+        return f"UnNAS-{m}-{data.upper()} (rotation labels)"
     return f"{m}-{data.upper()} (true labels)"

@@ -677,7 +677,7 @@ def _run_locked(todo: Sequence[tuple[DictConfig, Path]], folders: dict[Path, Pat
         for r in runs:
             write_json_atomic(r.run_dir / RESULT_FILE, {
                 "kind": "search", "status": "failed", "method": r.cfg.search.method, "search_data": r.cfg.data.name,
-                "search_label": r.manifest["label"], "num_classes": int(r.manifest["num_classes"]),
+                "search_label": r.label, "num_classes": r.num_classes,
                 "seed": int(r.cfg.seed), "dataset": r.manifest["name"], "preset": r.cfg.preset, "error": str(e),
                 "epoch": r.epoch, "batch": r.batch, "wall_s": time.time() - started, **r.engine_record})
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from unrealnas.config.methods import method as method_facts
 from unrealnas.rundir import is_complete
 from unrealnas.search.engine import packed_seeds, run_seeds
 from unrealnas.search.random import is_sampled, run_sampled
@@ -31,4 +32,13 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
             return run_dir
         return run_sampled(cfg, run_dir, say)
     seeds = packed_seeds(cfg)
-    return run_seeds(cfg, seeds if seeds is not None else [int(cfg.seed)], say)[0]
+    return run_search_seeds(cfg, seeds if seeds is not None else [int(cfg.seed)], say)[0]
+
+
+def run_search_seeds(cfg: DictConfig, seeds: list[int], say: Callable[[str], None]) -> list[Path]:
+    """The searches of ``seeds``: packed in one network by the engine, or RLNAS's seeds one after another."""
+    if method_facts(cfg.search.method).single_path:  # RLNAS: its own two phases (search/rlnas.py says why)
+        from unrealnas.search.rlnas import run_rlnas
+
+        return run_rlnas(cfg, seeds, say)
+    return run_seeds(cfg, seeds, say)

@@ -32,7 +32,7 @@ from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic, write
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.methods import method as method_facts
 from unrealnas.data.generators import check_manifest, data_seed, dataset_dir, generate_dataset
-from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
+from unrealnas.data.loaders import ROTATIONS, DeviceLoader, load_split_to_device, search_loaders
 from unrealnas.data.store import load_manifest
 from unrealnas.errors import NonFiniteError
 from unrealnas.nas.genotype import Genotype, count_skips
@@ -71,7 +71,10 @@ def search_run_id(cfg: DictConfig) -> str:
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
-    classes = f"-c{d.num_classes}" if d.label == "random" else ""
+    if d.label == "rotation":  # same dataset folder as the source's own search: the label must change the id
+        key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed), "rotation"], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    classes = {"random": f"-c{d.num_classes}", "rotation": "-rot"}.get(str(d.label), "")
     dseed = data_seed(d, cfg.seed)
     data_part = f"-d{dseed}" if dseed != int(cfg.seed) else ""
     return f"{cfg.search.method}-{d.name}{classes}{data_part}-s{cfg.seed}-{digest}"
@@ -136,16 +139,22 @@ class SearchRun:
         if s.resolution and s.resolution != data.images.shape[-1]:
             data.images = resize_images(data.images, s.resolution)
         self.manifest = data.manifest
-        self.random_labels = self.manifest["label"] == "random"
+        # rotation (UnNAS): labels made per batch from the images; otherwise the stored ones
+        self.rotation = cfg.data.label == "rotation"
+        self.label = "rotation" if self.rotation else str(self.manifest["label"])
+        self.num_classes = ROTATIONS if self.rotation else int(self.manifest["num_classes"])
+        # Rotation labels are a learnable task like true labels (UnNAS: two halves, arch weight decay
+        # 1e-3), so they take the true-label defaults of split and weight decay.
+        self.random_labels = self.label == "random"
         self.split = s.split or ("same_flipped" if self.random_labels else "other_half")
         wd = s.weight_decay if s.weight_decay is not None else (0.0 if self.random_labels else 3e-4)
         arch_wd = s.arch_weight_decay if s.arch_weight_decay is not None else (0.0 if self.random_labels else 1e-3)
         self.total_epochs = s.warmup_epochs + s.epochs
         self.train_loader, val_loader = search_loaders(data, s.batch_size, int(cfg.seed), self.split, s.train_portion,
-                                                         num_train=s.num_train)
+                                                         num_train=s.num_train, rotation=self.rotation)
         self.val = ValStream(val_loader)
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
-        self.model = SuperNet(s.init_channels, int(self.manifest["num_classes"]), s.layers, s.nodes,
+        self.model = SuperNet(s.init_channels, self.num_classes, s.layers, s.nodes,
                               s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]),
                               fused=s.supernet == "fused")
         self.model.to(self.device)
@@ -216,7 +225,8 @@ class SearchRun:
             raise NonFiniteError(f"search loss became {m['loss_sum']} at epoch {self.epoch} batch {self.batch}: "
                                  "the search diverged; lower search.lr or search.arch_lr (the last checkpoint is kept)")
         m["correct"] += int(correct)
-        m["seen"] = self.batch * self.train_loader.batch_size
+        # images the loss saw: each drawn image counts 4 times under rotation labels
+        m["seen"] = self.batch * self.train_loader.batch_size * (ROTATIONS if self.rotation else 1)
         m["seconds"] += time.perf_counter() - t0
 
     def end_epoch(self, epoch: int, val: tuple[float, float] | None) -> None:
@@ -325,7 +335,7 @@ def finish(run: SearchRun, started: float) -> None:
     skip_normal, skip_reduce = count_skips(genotype)
     result = {
         "kind": "search", "status": "completed", "method": cfg.search.method, "search_data": cfg.data.name,
-        "search_label": run.manifest["label"], "num_classes": int(run.manifest["num_classes"]), "seed": int(cfg.seed),
+        "search_label": run.label, "num_classes": run.num_classes, "seed": int(cfg.seed),
         "data_seed": int(run.manifest["seed"]), "target": None, "dataset": run.manifest["name"], "preset": cfg.preset,
         "metrics": {"train_acc": last.get("train_acc"), "val_acc": last.get("val_acc"),
                     "skip_normal": skip_normal, "skip_reduce": skip_reduce,

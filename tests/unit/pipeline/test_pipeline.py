@@ -12,6 +12,7 @@ import pytest
 from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.config.compose import available_experiments
+from unrealnas.errors import ConfigError
 from unrealnas.launch import status
 from unrealnas.launch.records import RECORD_FILE
 from unrealnas.pipeline.plan import plan_pipeline
@@ -113,6 +114,9 @@ def test_failed_tasks_are_reported_in_status_and_table(tmp_path, capsys):
     ("classes", {"generate": 110, "search": 110, "retrain": 110, "table": 1}),
     ("mini", {"generate": 20, "search": 25, "retrain": 50, "table": 1}),  # 5 seeds x 2 retrain seeds
     ("skips", {"generate": 20, "search": 20, "table": 1}),
+    # 5 rows x 5 seeds + 5 random cells; the rotation rows read the true-label rows' dataset folders
+    ("table1", {"generate": 20, "search": 30, "retrain": 30, "table": 1}),
+    ("table1_mini", {"generate": 20, "search": 30, "retrain": 60, "table": 1}),
 ])
 def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, stages):
     roots = []
@@ -122,7 +126,7 @@ def test_every_overlay_plans_one_array_per_stage(tmp_path, cifar_root, name, sta
     extra = roots[:1] if name == "table3" else roots if name == "table4" else []
     plan = _plan([f"+experiment={name}", f"paths.runs={tmp_path / 'runs'}", f"data.root={cifar_root}", *extra])
     assert {s.name: len(s.tasks) for s in plan.stages} == stages
-    assert plan.repeats == {"smoke": 2, "mini": 10}.get(name, 5)
+    assert plan.repeats == {"smoke": 2, "mini": 10, "table1_mini": 10}.get(name, 5)
     assert plan.stage("search").kind == "afterok" and plan.stage("search").after == ("generate",)
     assert plan.stage("table").kind == "afterany"
     search_dirs = {t.run_dir for t in plan.stage("search").tasks}
@@ -151,6 +155,25 @@ def test_mini_needs_no_data_folder_and_searches_rlrd_on_the_digits(tmp_path):
     assert cfg.data.source == "digits" and cfg.launcher.local_workers == 2 and cfg.train.target == "cifar10"
     retrain = compose_config([*plan.stage("retrain").tasks[0].overrides])
     assert retrain.train.target == "digits" and retrain.train.resolution == 16
+
+
+def test_table1_mini_rows_in_the_dry_run(tmp_path, capsys):
+    """Table 1's settings: true labels, rotation labels (UnNAS), RLNAS on random labels, unreal data, random cells."""
+    plan = _plan(["+experiment=table1_mini", f"paths.runs={tmp_path / 'runs'}"])
+    groups = {t.group for t in plan.stage("search").tasks}
+    assert groups == {"darts/digits/true/c10", "darts/digits/rotation/c4", "rlnas/rlrd/random/c10",
+                      "darts/rlgd/random/c10", "darts/rlrn/random/c10", "random/-/-"}
+    rlnas = next(t for t in plan.stage("search").tasks if t.group.startswith("rlnas"))
+    cfg = compose_config([*rlnas.overrides])
+    assert cfg.search.method == "rlnas" and cfg.search.epochs == 10 and cfg.search.rlnas.population == 50
+    assert "/rlnas-rlrd-c10-s" in str(rlnas.run_dir)
+    rot = [t for t in plan.stage("search").tasks if "/rotation/" in t.group]
+    assert len(rot) == 5 and all("-digits-rot-s" in str(t.run_dir) for t in rot)
+    assert cli.main(["pipeline", "+experiment=table1_mini", f"paths.runs={tmp_path / 'runs'}", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "search: 30 task(s), 30 to run" in out and "search=rlnas" in out and "data=digits_rotation" in out
+    with pytest.raises(ConfigError, match="experiment.cells.*'rlnas/cifar10'"):
+        _plan(["+experiment=table1_mini", f"paths.runs={tmp_path / 'runs'}", "experiment.cells=[rlnas/cifar10]"])
 
 
 def test_table2_and_table3_share_their_searches(tmp_path, cifar_root):
