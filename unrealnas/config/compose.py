@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from unrealnas.config.methods import SEARCH_METHODS
+from unrealnas.config.schema import RECOMPUTE
 from unrealnas.errors import ConfigError
 
 DATA_NAMES = ("rlrn", "rlgd", "rlrd", "cifar10", "cifar100", "digits")
@@ -137,6 +138,9 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.amp in ("auto", "bf16", "off"), "search.amp", s.amp, "choose auto, bf16 or off")
     _check(s.channels_last in ("auto", "on", "off"), "search.channels_last", s.channels_last, "choose auto, on or off")
     _check(s.supernet in ("fused", "per_edge"), "search.supernet", s.supernet, "choose fused or per_edge")
+    _check(s.recompute in RECOMPUTE, "search.recompute", s.recompute, f"choose {' or '.join(RECOMPUTE)}")
+    _check(s.recompute == "none" or s.supernet == "fused", "search.recompute", s.recompute,
+           "recomputation runs in the fused supernet: use search.supernet=fused or search.recompute=none")
     _check(cfg.launcher.name in ("local", "slurm"), "launcher.name", cfg.launcher.name, "choose local or slurm")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")

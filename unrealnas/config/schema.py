@@ -67,6 +67,9 @@ class SGASConfig:
     normalize_over: str = "all"  # min-max of the scores over all 14 edges (reference) | undecided (edges not yet fixed)
 
 
+RECOMPUTE = ("none", "cell")  # the choices of search.recompute (what backward recomputes instead of keeping)
+
+
 @dataclass
 class SearchConfig:
     method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | random (a sampled cell, no search)
@@ -96,6 +99,7 @@ class SearchConfig:
     compile: bool = False  # torch.compile the supernet
     supernet: str = "fused"  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
     cuda_graph: str = "auto"  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
+    recompute: str = "none"  # none (keep every activation) | cell (keep cell inputs, recompute each cell in backward: same results, ~1/8 the memory)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
     eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)
     deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
