@@ -13,10 +13,10 @@ import torch
 
 from tests.conftest import smoke_overrides
 from tests.test_engine import ARCH_LR, CLIP, LR, MOMENTUM, WD, batches, seed_net
-from unrealnas.benchmarks.search import retained_bytes
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
+from unrealnas.search.memory import retained_bytes
 
 torch.set_num_threads(1)
 

@@ -21,7 +21,7 @@ batch per iteration). Rows, side by side:
 - ``recompute``: ``search.recompute`` of the fused rows (``recompute=none,cell``: both, side by side).
 
 ``saved_mib_per_seed`` is the memory of activations: the bytes one training forward leaves alive for
-its backward (:func:`retained_bytes`), per seed, at the row's batch; ``peak_mib`` (CUDA) the
+its backward (:func:`unrealnas.search.memory.retained_bytes`), per seed, at the row's batch; ``peak_mib`` (CUDA) the
 allocator's peak over the timed iterations.
 
 ``ops_per_iter`` is the number of aten ops one more (untimed, eager) iteration dispatches, counted
@@ -50,9 +50,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.benchmarks.table import machine_info, pop_options, report, set_threads
@@ -66,6 +63,7 @@ from unrealnas.io import write_json_atomic
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import autocast_for, resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
+from unrealnas.search.memory import MIB, retained_bytes
 from unrealnas.search.state import ValStream
 
 METHODS = ITERATIVE_METHODS  # what can be timed: the supernet searches
@@ -166,44 +164,12 @@ def measure(b: EngineBench, device: torch.device, steps: int, warmup: int, count
     return out
 
 
-class _Allocations(TorchDispatchMode):
-    """Weak references to the storage of every tensor an op returns (to see which outlive a forward)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: list[tuple[StorageWeakRef, int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105 - dispatch protocol
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                self.refs.append((StorageWeakRef(st), st.nbytes()))
-        return out
-
-
-def retained_bytes(forward: Callable[[], Any]) -> int:
-    """Bytes of the tensors ``forward`` creates that are still alive when it returns (its result held).
-
-    Called on a training forward this is what autograd keeps for the backward (saved activations,
-    stacked weights, and with ``search.recompute=cell`` the cell inputs the checkpoints hold, which a
-    ``saved_tensors_hooks`` count would miss as the checkpoints hide them): device independent, each
-    storage counted once however many views or saves share it.
-    """
-    mode = _Allocations()
-    with mode:
-        result = forward()
-    alive = {ref.cdata: n for ref, n in mode.refs if not ref.expired()}
-    del result
-    return sum(alive.values())
-
-
 def forward_retained_mib(b: EngineBench) -> float:
     """MiB one training forward of the engine's network keeps for its backward, per packed seed."""
     e = b.engine
     x, y = e.stack([next(t) for t in b.train])
     with torch.enable_grad():
-        return retained_bytes(lambda: e._losses(x, y)[0]) / e.S / 2**20
+        return retained_bytes(lambda: e._losses(x, y)[0]) / e.S / MIB
 
 
 def paper_schedule() -> dict[str, int]:

@@ -160,7 +160,8 @@ class LauncherConfig:
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
-    pack_seeds: Optional[int] = None  # seeds per search task (packed, seeds=[...]); null = 5 with a GPU, 1 on CPU
+    pack_seeds: Optional[str] = None  # seeds per search task (packed, seeds=[...]): N | auto (as many as the card's memory holds) | null = 5 with a GPU, 1 on CPU
+    gpu_mem_gb: Optional[float] = None  # pack_seeds=auto or a pack check where no GPU is visible (a login node): GB of the search jobs' card; null = the visible GPU's free memory
     folder: str = "${paths.runs}/slurm"
     max_num_timeout: int = 30  # requeues after hitting the time limit (submitit's default 3; dinov2 30); preemption: unlimited
     signal_delay_s: int = 120  # USR2 this many seconds before the time limit, so the job checkpoints and requeues
