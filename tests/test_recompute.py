@@ -94,3 +94,24 @@ def test_bad_recompute_is_one_line(tmp_path):
         _engine([seed_net(0)], "darts", "layer")
     with pytest.raises(ConfigError, match=r"search.supernet=fused"):
         _engine([seed_net(0, fused=False)], "darts", "cell", supernet="per_edge")
+
+
+def test_a_search_with_recompute_cell_writes_the_run_of_none(tmp_path):
+    """A whole (tiny) packed search with recompute=cell: same run directories, checkpoint bytes of the model,
+    alphas and genotypes as none (bit for bit); its result records the level; the run id is none's (so a
+    checkpoint of either level resumes under the other)."""
+    from tests.test_engine import _overrides, _result
+    from unrealnas.search.engine import run_seeds
+
+    dirs = {}
+    for r in ("none", "cell"):
+        cfg = compose_config(_overrides(tmp_path / r, "seeds=[0,1]", f"search.recompute={r}"))
+        dirs[r] = run_seeds(cfg, [0, 1], lambda _m: None)
+    for a, b in zip(dirs["none"], dirs["cell"], strict=True):
+        assert a.name == b.name
+        ra, rb = _result(a), _result(b)
+        assert ra["genotype_json"] == rb["genotype_json"] and ra["alphas"] == rb["alphas"]
+        assert "recompute" not in ra and rb["recompute"] == "cell"
+        ma = torch.load(a / "checkpoint.pt", weights_only=True)["model"]
+        mb = torch.load(b / "checkpoint.pt", weights_only=True)["model"]
+        assert ma.keys() == mb.keys() and all(torch.equal(ma[k], mb[k]) for k in ma)
