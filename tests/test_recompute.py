@@ -2,7 +2,8 @@
 
 Bit-identical on CPU: the recomputation runs the same kernels on the same inputs, so every saved
 tensor it rebuilds has the same bytes, and the backward (the same ops in the same order) gives
-the same gradients. Checked for first and second order and SGAS, one seed and packed seeds, on
+the same gradients. Checked for first and second order and SGAS, one seed and packed seeds, fp32 and
+bf16 autocast, on
 weights, momentum, alphas, Adam state, BN running statistics and batch counters.
 """
 
@@ -21,11 +22,11 @@ from unrealnas.search.memory import retained_bytes
 torch.set_num_threads(1)
 
 
-def _engine(nets, method: str, recompute: str, supernet: str = "fused") -> SearchEngine:
+def _engine(nets, method: str, recompute: str, supernet: str = "fused", amp: str = "off") -> SearchEngine:
     states = [SeedState(n, torch.optim.SGD(n.weight_parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD),
                         torch.optim.Adam(n.arch_parameters(), lr=ARCH_LR, betas=(0.5, 0.999)))
               for n in nets]
-    settings = StepSettings(method, CLIP, cuda_graph="off", supernet=supernet, recompute=recompute)
+    settings = StepSettings(method, CLIP, amp=amp, cuda_graph="off", supernet=supernet, recompute=recompute)
     return SearchEngine(states, settings, torch.device("cpu"))
 
 
@@ -63,6 +64,19 @@ def test_cell_recompute_is_bit_identical_to_none(method, seeds):
         assert torch.equal(a, b)
     # the statistics moved (a test that compared two untouched buffers would pass for nothing)
     assert not torch.equal(engines["cell"].flat_buf, start)
+
+
+def test_cell_recompute_under_bf16_autocast_is_bit_identical():
+    """The recomputation runs under the forward's autocast state (bf16 on CPU): still bit-identical."""
+    states = {}
+    for r in ("none", "cell"):
+        engine = _engine([seed_net(s) for s in range(2)], "darts", r, amp="bf16")
+        for step in range(2):
+            x, y = engine.stack(batches(2, step))
+            xv, yv = engine.stack(batches(2, 10 + step))
+            engine.step(x, y, xv, yv)
+        states[r] = _state(engine)
+    assert all(torch.equal(a, b) for a, b in zip(states["none"], states["cell"], strict=True))
 
 
 def test_recompute_takes_bn_statistics_once():
