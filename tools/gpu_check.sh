@@ -17,9 +17,9 @@
 #                  .whl/ (hydra-core, omegaconf, antlr4: tools/gpu_wheels.sh) installed with
 #                  `pip install --no-index --no-deps --target $SITE` when hydra/omegaconf are missing;
 #                  PYTHONPATH=$SITE:$REPO. Never installs or replaces torch.
-#   correctness    `pytest -m gpu -k cuda tests/test_gpu.py` (the cuda variants; the cpu ones run in the
+#   correctness    `pytest -m gpu -k cuda tests/gpu/test_gpu.py` (the cuda variants; the cpu ones run in the
 #                  ordinary suite) -> correctness.xml (junit, measured values as properties). Only that
-#                  file: collecting tests/ would import submitit (tests/test_launch.py), absent there.
+#                  file: collecting tests/ would import submitit (tests/unit/launch/test_launch.py), absent there.
 #                  Dry run: `-m 'gpu and not slow'` (the quick cpu variants).
 #   bench_search   `unrealnas bench search preset=paper steps=8 warmup=3 packed=1,5` -> bench_search.json:
 #                  darts and darts2; per_edge vs the engine at S=1 and S=5; fp32 and bf16; eager and
@@ -157,7 +157,7 @@ if [[ $ENV_OK -eq 0 ]]; then
     record "$s" SKIP 0 0 "skipped: the env stage failed"
   done
 elif [[ $DRY -eq 1 ]]; then
-  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m "gpu and not slow" -q -p no:cacheprovider tests/test_gpu.py \
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m "gpu and not slow" -q -p no:cacheprovider tests/gpu/test_gpu.py \
     -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
   run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=smoke device=cpu threads=1 steps=1 \
     warmup=1 packed=1,5 json="$OUT/bench_search.json"
@@ -168,7 +168,7 @@ elif [[ $DRY -eq 1 ]]; then
   record bench_compile SKIP "$B_COMPILE" 0 "not in --cpu-dry-run (torch.compile of the supernet takes minutes on CPU)"
 else
   # -k cuda: the cuda variants only (the cpu ones, some marked slow, are the ordinary suite's)
-  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m gpu -k cuda -q -p no:cacheprovider tests/test_gpu.py \
+  run_stage correctness "$B_CORRECTNESS" $PY -m pytest -m gpu -k cuda -q -p no:cacheprovider tests/gpu/test_gpu.py \
     -o junit_family=xunit1 --junitxml="$OUT/correctness.xml" -rA
   run_stage bench_search "$B_SEARCH" $PY -m unrealnas bench search preset=paper steps=8 warmup=3 packed=1,5 \
     json="$OUT/bench_search.json"

@@ -1,3 +1,3 @@
-from unrealnas.cli import main
+from unrealnas.cli.main import main
 
 raise SystemExit(main())

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from unrealnas.atomic import write_bytes_atomic
 from unrealnas.errors import CheckpointError
-from unrealnas.io import write_bytes_atomic
+from unrealnas.rundir import CHECKPOINT_FILE
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
 
 

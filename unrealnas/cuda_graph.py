@@ -35,7 +35,6 @@ import torch
 
 from unrealnas.errors import ConfigError
 
-GRAPH_SETTINGS = ("auto", "on", "off")  # search.cuda_graph and train.cuda_graph
 WARMUP_ITERATIONS = 2  # eager iterations (real steps, on a side stream) before each capture
 RTOL = 1e-5  # self-check: relative L2 error allowed between replayed and eager checked tensors
 _TINY = 1e-30

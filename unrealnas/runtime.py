@@ -23,12 +23,21 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``amp`` is auto/bf16; a no-op context otherwise."""
-    on = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if not on:
+def autocast_dtype(device: torch.device, amp: str | None) -> str | None:
+    """A run's ``amp`` setting resolved for ``device``: "bf16" / "fp16", or None (fp32); auto = bf16 on CUDA."""
+    if amp in ("bf16", "fp16"):
+        return amp
+    return "bf16" if amp == "auto" and device.type == "cuda" else None
+
+
+def autocast(device: torch.device, dtype: str | None, cache: bool = True) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved dtype (:func:`autocast_dtype`); a no-op context for fp32.
+
+    ``cache=False`` for a step captured as a CUDA graph: autocast's weight cache must not outlive the
+    capture (torch.cuda.graph docs)."""
+    if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if dtype == "bf16" else torch.float16, cache_enabled=cache)
 
 
 def allow_tf32(device: torch.device) -> None:
@@ -45,11 +54,6 @@ def precision_name(device: torch.device, autocast_dtype: str | None) -> str:
     if device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
         return "fp32+tf32"
     return "fp32"
-
-
-def search_autocast_dtype(device: torch.device, amp: str) -> str | None:
-    """``search.amp`` resolved for ``device``: "bf16" (bf16, or auto on CUDA) or None (fp32)."""
-    return "bf16" if amp == "bf16" or (amp == "auto" and device.type == "cuda") else None
 
 
 def use_channels_last(device: torch.device, setting: str) -> bool:

@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from unrealnas.io import read_jsonl
-
-METRICS_FILE = "metrics.jsonl"
+from unrealnas.atomic import read_jsonl
+from unrealnas.rundir import METRICS_FILE
 
 
 def accuracy_curve(run_dir: str | Path) -> list[float]:

@@ -23,23 +23,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.config.compose import group_choices
+from unrealnas.config.data_folders import check_search_data, check_target_data
 from unrealnas.config.experiment import default_stage_launchers
+from unrealnas.config.overrides import override_key
 from unrealnas.errors import ConfigError, UserError
 from unrealnas.launch import Task
-from unrealnas.pipeline import (
-    Stage,
-    check_search_data,
-    check_target_data,
-    format_stages,
-    group_choices,
-    override_key,
-    quote_override,
-    submit_stages,
-    task_overrides,
-)
+from unrealnas.launch.stages import Stage, format_stages, quote_override, submit_stages, task_overrides
+from unrealnas.rundir import ANALYSIS, GENOTYPE_FILE, PLAN_FILE, RESULT_FILE, TRAIN, run_path
 
 KINDS = ("difficulty", "distinguishability")
-PLAN_FILE = "plan.json"
 REPORT_VERB = "unrealnas.analysis.report:report_stage"
 # Set per task from cfg.analysis: a command-line value would be ambiguous.
 AXIS_KEYS = ("data", "data.name", "data.num_classes", "train", "train.target", "train.root", "train.run_id",
@@ -105,7 +98,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
                         "analysis.num_classes / analysis.target / analysis.epochs instead")
     runs_dir = Path(cfg.paths.runs).expanduser().absolute()
     data_dir = Path(cfg.paths.data).expanduser().absolute()
-    out_dir = runs_dir / "analysis" / f"{kind}-{a.name}"
+    out_dir = run_path(runs_dir, ANALYSIS, f"{kind}-{a.name}")
     base = task_overrides(overrides)
     data_path = f"paths.data={quote_override(data_dir)}"
     # The trainings are retrain runs whose paths.runs is the analysis folder: their run directories
@@ -115,7 +108,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
     num_archs = 1 if kind == "difficulty" else int(a.num_archs)
     archs: dict[str, Any] = {}
     for k in range(num_archs):
-        path = out_dir / "archs" / f"arch-{k:02d}" / "genotype.json"
+        path = out_dir / "archs" / f"arch-{k:02d}" / GENOTYPE_FILE
         archs[str(path)] = sample_genotype(int(a.arch_seed) + k)
 
     launchers = default_stage_launchers()
@@ -136,7 +129,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
             rid = f"{d}-arch{k:02d}"
             ovs = [*data_ovs, "train=dataset", f"train.epochs={int(a.epochs)}", *a.dataset_overrides,
                    f"genotype={quote_override(path)}", f"train.run_id={rid}", *fit_paths]
-            run_dir = out_dir / "train" / rid
+            run_dir = run_path(out_dir, TRAIN, rid)
             fit.tasks.append(Task("retrain", ovs, run_dir=run_dir, stage="train", group=f"{kind}/{d}"))
             fits[str(run_dir)] = [k, d]
     targets: dict[str, int] = {}
@@ -145,7 +138,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
         check_target_data(compose_config([*t_ovs, data_path]), f"analysis.target {a.target!r}")
         for k, path in enumerate(archs):
             rid = f"{a.target}-arch{k:02d}"
-            run_dir = out_dir / "train" / rid
+            run_dir = run_path(out_dir, TRAIN, rid)
             fit.tasks.append(Task("retrain", [*t_ovs, f"genotype={quote_override(path)}", f"train.run_id={rid}", *fit_paths],
                                   run_dir=run_dir, stage="train", group=f"{kind}/{a.target}"))
             targets[str(run_dir)] = k
@@ -164,7 +157,7 @@ def plan_analysis(kind: str, cfg: DictConfig, overrides: Sequence[str]) -> Analy
 
 def run_analysis(plan: AnalysisPlan) -> dict[str, list[Any]]:
     """Write the architectures and plan.json, then submit (SLURM) or run (local) the three stages."""
-    from unrealnas.io import write_json_atomic
+    from unrealnas.atomic import write_json_atomic
     from unrealnas.launch import check_slurm
     from unrealnas.nas.genotype import Genotype
 
@@ -186,7 +179,7 @@ def run_analysis(plan: AnalysisPlan) -> dict[str, list[Any]]:
         write_json_atomic(plan_path, plan.spec)
 
     def before(stage: Stage, jobs: dict[str, list[Any]]) -> None:
-        marker = plan.out_dir / "result.json"
+        marker = plan.out_dir / RESULT_FILE
         if stage.name == "report" and (changed or any(jobs.values())) and marker.exists():
             marker.unlink()  # new trainings (or a new plan) make the old report stale
 

@@ -21,11 +21,9 @@ from unrealnas.analysis.metrics import (
     rank_correlation,
     target_score,
 )
-from unrealnas.io import write_bytes_atomic, write_json_atomic
-from unrealnas.launch.task import read_result
-
-RESULT_FILE = "result.json"
-
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
+from unrealnas.launch.stages import read_plan_arg
+from unrealnas.rundir import RESULT_FILE, read_result
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -198,6 +196,4 @@ def write_report(plan: dict[str, Any]) -> Path:
 
 def report_stage(args: list[str]) -> Path:
     """The report task's callable (``unrealnas.analysis.report:report_stage plan=<plan.json>``)."""
-    from unrealnas.pipeline import read_plan_arg
-
     return write_report(read_plan_arg(args, "unrealnas.analysis.report:report_stage"))

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from unrealnas.benchmarks.table import pop_options, report
+from unrealnas.rundir import CONFIG_FILE, GENOTYPE_FILE, RESULT_FILE, SEARCH, TRAIN, run_path
 
 TARGET_S = 5.0
 METHODS = ("darts", "sgas_c1")
@@ -39,27 +40,27 @@ def write_synthetic_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         method, data, classes = cells[i % len(cells)]
         s = i // len(cells)
         rid = f"{method}-{data}-c{classes}-s{s}-{i:08x}"
-        run = root / "search" / rid
+        run = run_path(root, SEARCH, rid)
         run.mkdir(parents=True)
         alphas = [[round(rng.gauss(0, 0.1), 6) for _ in range(8)] for _ in range(14)]
         result = {"kind": "search", "status": "completed", "method": method, "search_data": data,
                   "search_label": "random", "num_classes": classes, "seed": s, "target": None,
                   "metrics": {"train_acc": rng.uniform(0, 100), "val_acc": rng.uniform(0, 100), "skip_normal": 1,
                               "skip_reduce": 0},
-                  "params_m": None, "gpu_hours": rng.uniform(5, 10), "wall_s": 30000.0, "genotype": "genotype.json",
+                  "params_m": None, "gpu_hours": rng.uniform(5, 10), "wall_s": 30000.0, "genotype": GENOTYPE_FILE,
                   "alphas": {"normal": alphas, "reduce": alphas}}
-        (run / "result.json").write_text(json.dumps(result, indent=2))
-        (run / "config.yaml").write_text("search:\n  method: " + method + "\n")
+        (run / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        (run / CONFIG_FILE).write_text("search:\n  method: " + method + "\n")
         searches.append((rid, result))
         counts["search"] += 1
     for j in range(n - n_search):
         rid_s, search = searches[j % len(searches)]
         target = ("cifar10", "cifar100")[(j // len(searches)) % 2]
         rid = f"{target}-{rid_s}-{j}"
-        run = root / "train" / rid
+        run = run_path(root, TRAIN, rid)
         run.mkdir(parents=True)
         if j % 997 == 0:
-            (run / "result.json").write_text('{"kind": "train", "status": "compl')  # torn file
+            (run / RESULT_FILE).write_text('{"kind": "train", "status": "compl')  # torn file
             counts["malformed"] += 1
             continue
         failed = j % 499 == 0
@@ -73,14 +74,15 @@ def write_synthetic_runs(root: Path, n: int, seed: int = 0) -> dict[str, int]:
         else:
             result["metrics"] = {"top1_err": rng.uniform(2, 30), "top5_err": rng.uniform(0.1, 5)}
             counts["train"] += 1
-        (run / "result.json").write_text(json.dumps(result, indent=2))
-        (run / "config.yaml").write_text(CONFIG_TEXT.format(target=target, rid=rid))
+        (run / RESULT_FILE).write_text(json.dumps(result, indent=2))
+        (run / CONFIG_FILE).write_text(CONFIG_TEXT.format(target=target, rid=rid))
     return counts
 
 
 def time_aggregation(runs_dir: Path) -> dict[str, float]:
     """Seconds for each phase of ``unrealnas table`` on ``runs_dir`` (collect, failures, table, render)."""
-    from unrealnas.results.collect import collect_results, launch_failures
+    from unrealnas.launch.status import launch_failures
+    from unrealnas.results.collect import collect_results
     from unrealnas.results.tables import FORMATS, build_table, render
 
     times: dict[str, float] = {}

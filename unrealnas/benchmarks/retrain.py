@@ -33,7 +33,7 @@ from unrealnas.nas.genotype import KNOWN_GENOTYPES
 from unrealnas.train.graphed import use_train_cuda_graph
 from unrealnas.train.loop import LoopOptions, build_optimizer, train_state, train_step
 from unrealnas.train.retrain import network_kind
-from unrealnas.train.target import FIXED_32PX_TARGETS
+from unrealnas.train.targets.base import FIXED_32PX_TARGETS
 
 CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000, "chexpert": 5}
 

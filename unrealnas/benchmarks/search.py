@@ -39,7 +39,6 @@ batch differs from the paper's 64 (``quick=true`` on CPU times batch 8: a paper 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -51,6 +50,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import write_json_atomic
 from unrealnas.benchmarks.opcount import count_ops
 from unrealnas.benchmarks.table import machine_info, pop_options, report, set_threads
 from unrealnas.config import compose_config
@@ -59,9 +59,8 @@ from unrealnas.config.methods import method as method_facts
 from unrealnas.config.schema import RECOMPUTE, DataConfig, SearchConfig
 from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
-from unrealnas.io import write_json_atomic
 from unrealnas.nas.supernet import SuperNet
-from unrealnas.runtime import autocast_for, resolve_device, use_channels_last
+from unrealnas.runtime import resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
 from unrealnas.search.memory import MIB, retained_bytes
 from unrealnas.search.state import ValStream
@@ -185,11 +184,6 @@ def paper_hours(s_per_iter: float, batch: int) -> float:
     p = paper_schedule()
     iters = p["iters_per_epoch"] * (p["warmup_epochs"] + p["search_epochs"])
     return iters * s_per_iter * p["batch_size"] / batch / 3600.0
-
-
-def amp_enabled(device: torch.device, amp: str) -> bool:
-    """Whether ``search.amp`` turns bf16 autocast on for ``device`` (the rule of ``runtime.autocast_for``)."""
-    return not isinstance(autocast_for(device, amp), contextlib.nullcontext)
 
 
 def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precisions: list[str], graphs: list[str],

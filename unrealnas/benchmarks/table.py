@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unrealnas.atomic import write_json_atomic
 from unrealnas.errors import ConfigError
-from unrealnas.io import write_json_atomic
 
 
 def format_value(value: Any) -> str:

@@ -7,11 +7,48 @@ Each key is defined once here with its default and a one-line comment. The YAML 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from unrealnas.config.experiment import ExperimentConfig
+
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values: composition refuses any other, listing the choices.
+
+    A member compares equal to its text and prints as it (``search.amp == "bf16"``, ``f"{amp}"``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+def _choice(name: str, *values: str) -> type[Choice]:
+    """A :class:`Choice` named ``name`` whose members are ``values`` (member name = value)."""
+    return Choice(name, [(v, v) for v in values], module=__name__, qualname=name)
+
+
+Label = _choice("Label", "random", "true")
+SearchAmp = _choice("SearchAmp", "auto", "bf16", "off")
+TrainAmp = _choice("TrainAmp", "auto", "bf16", "fp16", "off")
+Switch = _choice("Switch", "auto", "on", "off")  # channels_last, cuda_graph: auto decides by device (and method)
+Supernet = _choice("Supernet", "fused", "per_edge")
+Split = _choice("Split", "same_flipped", "other_half")
+AlphaInit = _choice("AlphaInit", "zeros", "randn")
+NormalizeOver = _choice("NormalizeOver", "all", "undecided")
+NoiseDtype = _choice("NoiseDtype", "float16", "float32")
+RealSource = _choice("RealSource", "cifar10", "cifar100", "digits")
+NetStem = _choice("NetStem", "auto", "cifar", "imagenet")
+Optimizer = _choice("Optimizer", "sgd", "adam")
+Schedule = _choice("Schedule", "cosine", "exp", "constant")
+Uncertainty = _choice("Uncertainty", "u_ones", "u_zeros", "ignore")
+Loader = _choice("Loader", "torch", "ffcv")
+LauncherName = _choice("LauncherName", "local", "slurm")
+OutputFormat = _choice("OutputFormat", "text", "json")
+Recompute = _choice("Recompute", "none", "cell")  # search.recompute: what backward recomputes instead of keeping
+RECOMPUTE = tuple(str(m) for m in Recompute)  # its values, for the engine and the bench
 
 
 @dataclass
@@ -41,16 +78,16 @@ class FractalConfig:
 @dataclass
 class DataConfig:
     name: str = "rlrn"  # generator: rlrn | rlgd | rlrd | cifar10 | cifar100 | digits (true labels)
-    label: str = "random"  # random (uniform, drawn once per dataset and seed) | true
+    label: Label = Label.random  # random (uniform, drawn once per dataset and seed) | true
     num_classes: int = 5000  # random-label classes (2..100000); ignored for true labels
     num_images: Optional[int] = 50_000  # images in the train split; null = all of the source
     resolution: int = 32  # image height = width (px)
     channels: int = 3  # image channels
     shard_size: int = 10_000  # images per HDF5 shard (does not change any byte of the data)
     workers: int = 0  # processes rendering RLGD images (0 = one per available core; does not change any byte)
-    noise_dtype: str = "float16"  # RLRN storage dtype: float16 | float32
+    noise_dtype: NoiseDtype = NoiseDtype.float16  # RLRN storage dtype: float16 | float32
     root: Optional[str] = None  # folder holding cifar-10-batches-py / cifar-100-python (torchvision's convention)
-    source: str = "cifar10"  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)
+    source: RealSource = RealSource.cifar10  # real-image source of rlrd: cifar10 | cifar100 | digits (ships with scikit-learn)
     seed: Optional[int] = None  # seed of the dataset (images and labels); null = the master seed (which seeds the search)
     id: Optional[str] = None  # dataset folder name under paths.data; null = derived from the parameters
     verify_on_load: bool = True  # check every shard's size and sha256 before training on it
@@ -64,10 +101,7 @@ class SGASConfig:
     decision_freq: int = 5  # then one decision every this many epochs
     history_size: int = 4  # epochs of history for the stability criterion
     batch_increase: int = 8  # batch size grows by this after each decision
-    normalize_over: str = "all"  # min-max of the scores over all 14 edges (reference) | undecided (edges not yet fixed)
-
-
-RECOMPUTE = ("none", "cell")  # the choices of search.recompute (what backward recomputes instead of keeping)
+    normalize_over: NormalizeOver = NormalizeOver.all  # min-max of the scores over all 14 edges (reference) | undecided (edges not yet fixed)
 
 
 @dataclass
@@ -89,17 +123,17 @@ class SearchConfig:
     arch_lr: float = 3e-4  # Adam learning rate of the alphas
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])  # paper text: (0.5, 0.99)
     arch_weight_decay: Optional[float] = None  # null = 0 for random labels, 1e-3 for true labels
-    alpha_init: str = "zeros"  # zeros (UnrealNAS) | randn (reference: 1e-3 * randn)
-    split: Optional[str] = None  # same_flipped | other_half; null = same_flipped for random labels
+    alpha_init: AlphaInit = AlphaInit.zeros  # zeros (UnrealNAS) | randn (reference: 1e-3 * randn)
+    split: Optional[Split] = None  # same_flipped | other_half; null = same_flipped for random labels
     num_train: int = 25_000  # images of the weight step (paper Fig. 3: 25k for every dataset); 0 = use train_portion
     train_portion: float = 0.5  # fraction of the train split used for the weight step when num_train is 0
     sgas: SGASConfig = field(default_factory=SGASConfig)
-    amp: str = "off"  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    amp: SearchAmp = SearchAmp.off  # off (fp32; TF32 matmuls on CUDA) | bf16 | auto (bf16 on CUDA): bf16 until a GPU check shows equal genotypes
+    channels_last: Switch = Switch.auto  # auto (on CUDA) | on | off
     compile: bool = False  # torch.compile the supernet
-    supernet: str = "fused"  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
-    cuda_graph: str = "auto"  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
-    recompute: str = "none"  # none (keep every activation) | cell (keep cell inputs, recompute each cell in backward: same results, ~1/8 the memory)
+    supernet: Supernet = Supernet.fused  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
+    cuda_graph: Switch = Switch.auto  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
+    recompute: Recompute = Recompute.none  # none (keep every activation) | cell (keep cell inputs, recompute each cell in backward: same results, a fraction of the memory)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
     eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)
     deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
@@ -108,16 +142,16 @@ class SearchConfig:
 @dataclass
 class TrainConfig:
     target: str = "cifar10"  # cifar10 | cifar100 | imagenet | chexpert
-    net: str = "auto"  # cifar | imagenet stem; auto = cifar for CIFAR targets, imagenet otherwise
+    net: NetStem = NetStem.auto  # cifar | imagenet stem; auto = cifar for CIFAR targets, imagenet otherwise
     layers: int = 20  # cells (reductions at layers//3 and 2*layers//3)
     init_channels: int = 36  # channels of the first cell
     epochs: int = 500  # paper 500 (reference 600)
     batch_size: int = 96  # GLOBAL batch, split evenly over the DDP ranks
-    optimizer: str = "sgd"  # sgd (momentum, nesterov off) | adam (CheXpert transfer protocol)
+    optimizer: Optimizer = Optimizer.sgd  # sgd (momentum, nesterov off) | adam (CheXpert transfer protocol)
     lr: float = 0.025  # learning rate at lr_ref_batch (or as is when lr_ref_batch is null)
     lr_ref_batch: Optional[int] = None  # linear scaling: lr_used = lr * global_batch / lr_ref_batch
     lr_min: float = 0.0  # end of the cosine schedule
-    schedule: str = "cosine"  # cosine (to lr_min) | exp (x lr_gamma per epoch) | constant
+    schedule: Schedule = Schedule.cosine  # cosine (to lr_min) | exp (x lr_gamma per epoch) | constant
     lr_gamma: float = 0.97  # per-epoch decay of the exp schedule
     warmup_epochs: int = 0  # linear warm-up epochs before the schedule (ImageNet reference: 5)
     momentum: float = 0.9
@@ -132,23 +166,23 @@ class TrainConfig:
     max_images: Optional[int] = None  # use only the first N training images (smoke runs, benchmarks)
     max_eval_images: Optional[int] = None  # evaluate on the first N validation images only
     eval_every: int = 1  # evaluate every N epochs (the last epoch always)
-    uncertainty: str = "u_ones"  # CheXpert -1 labels: u_ones | u_zeros | ignore (masked out of the loss)
+    uncertainty: Uncertainty = Uncertainty.u_ones  # CheXpert -1 labels: u_ones | u_zeros | ignore (masked out of the loss)
     frontal_only: bool = False  # CheXpert: keep frontal views only
     pretrained: Optional[str] = None  # CheXpert: ImageNet retrain run dir / checkpoint of the same genotype
     run_id: Optional[str] = None  # run directory name under paths.runs/train; null = derived
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaler) | off
-    channels_last: str = "auto"  # auto (on CUDA) | on | off
+    amp: TrainAmp = TrainAmp.auto  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 (with grad scaler) | off
+    channels_last: Switch = Switch.auto  # auto (on CUDA) | on | off
     deterministic: bool = False  # torch deterministic algorithms
-    cuda_graph: str = "off"  # off | auto (on CUDA with SGD, no fp16, no DDP) | on: replay the train step as a CUDA graph
+    cuda_graph: Switch = Switch.off  # off | auto (on CUDA with SGD, no fp16, no DDP) | on: replay the train step as a CUDA graph
     num_workers: int = 4  # DataLoader workers per rank (ImageNet, CheXpert)
-    loader: str = "torch"  # ImageNet input pipeline: torch (ImageFolder + DataLoader) | ffcv (.beton, written once)
+    loader: Loader = Loader.torch  # ImageNet input pipeline: torch (ImageFolder + DataLoader) | ffcv (.beton, written once)
     ffcv_max_resolution: int = 256  # longest side stored in the ImageNet .beton (the FFCV ImageNet recipe)
     extra: dict[str, Any] = field(default_factory=dict)  # target-specific options
 
 
 @dataclass
 class LauncherConfig:
-    name: str = "local"  # local | slurm
+    name: LauncherName = LauncherName.local  # local | slurm
     partition: Optional[str] = None
     account: Optional[str] = None
     qos: Optional[str] = None
@@ -204,7 +238,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
-    format: str = "text"  # output format of inspection commands: text | json
+    format: OutputFormat = OutputFormat.text  # output format of inspection commands: text | json
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR: timestamped progress lines on stderr
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     experiment: Optional[ExperimentConfig] = None  # set by +experiment=<name> (conf/experiment/); read by `pipeline`

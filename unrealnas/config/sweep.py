@@ -1,6 +1,6 @@
 """Hydra multirun sweeps: command-line overrides -> one override list per task.
 
-Hydra's own override grammar parses the command line (comma lists, ``range()``, ``choice()``,
+Hydra's own override grammar (its public ``OverridesParser``) parses the command line (comma lists, ``range()``, ``choice()``,
 ``glob()`` over a group's options), and the combinations follow Hydra's BasicSweeper: one axis
 per key (a later override of the same key replaces an earlier one), the cartesian product in
 command-line order. A fixed override keeps the user's exact text (BasicSweeper would rewrite
@@ -18,23 +18,19 @@ from unrealnas.config.overrides import override_key, refuse_hydra_overrides
 from unrealnas.errors import UserError
 
 
-def _parser() -> Any:
-    """Hydra's override parser with a config loader over conf/, so that ``glob()`` sees the group options."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(conf_dir())))
-    return OverridesParser.create(config_loader=loader)
+def _group_options(group: str) -> list[str]:
+    """The options of config group ``group`` (what ``glob()`` filters): ``conf/<group>/*.yaml`` names."""
+    return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
 def parse_overrides(overrides: Sequence[str]) -> list[Any]:
     """Hydra ``Override`` objects of ``overrides``; a syntax error is one UserError line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     refuse_hydra_overrides(overrides)
     try:
-        return _parser().parse_overrides(list(overrides))
+        return OverridesParser.create().parse_overrides(list(overrides))
     except HydraException as e:
         raise UserError(f"bad override in {' '.join(overrides)}: {str(e).strip().splitlines()[0]}") from e
 
@@ -46,6 +42,7 @@ def sweep_keys(overrides: Sequence[str]) -> list[str]:
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
     """One override list per combination of the sweeps in ``overrides`` (BasicSweeper's product)."""
+    from hydra.core.override_parser.types import Glob
     from hydra.errors import HydraException
 
     axes: dict[str, list[str]] = {}
@@ -58,7 +55,10 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
             raise UserError(f"{item.input_line!r}: an interval sweep needs an optimizing sweeper; "
                             "give the values as a list (a,b,c) or range(start,stop,step)")
         try:
-            values = [f"{key}={v}" for v in item.sweep_string_iterator()]
+            if isinstance(item.value(), Glob):  # Hydra's public parser leaves glob() to the caller's group list
+                values = [f"{key}={v}" for v in item.value().filter(_group_options(item.key_or_group))]
+            else:
+                values = [f"{key}={v}" for v in item.sweep_string_iterator()]
         except HydraException as e:
             raise UserError(f"{item.input_line!r}: {str(e).strip().splitlines()[0]}") from e
         if not values:

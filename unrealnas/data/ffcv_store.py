@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unrealnas.atomic import atomic_path, sha256_file, write_json_atomic
 from unrealnas.data.store import load_manifest, verify_dataset
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 
 
 def _require_ffcv():

@@ -19,12 +19,12 @@ import h5py
 import numpy as np
 
 from unrealnas import __version__
+from unrealnas.atomic import atomic_path, sha256_file, write_json_atomic
 from unrealnas.errors import DataError
-from unrealnas.io import atomic_path, sha256_file, write_json_atomic
 from unrealnas.lock import folder_lock
 from unrealnas.observe import bar
+from unrealnas.rundir import MANIFEST_FILE
 
-MANIFEST = "manifest.json"
 PROGRESS = ".progress.json"
 FORMAT = "unrealnas-dataset/1"
 REQUIRED_KEYS = ("format", "name", "kind", "seed", "num_classes", "shape", "dtype", "splits", "params")
@@ -72,7 +72,7 @@ def write_dataset(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
     """
     folder = Path(folder)
     say = progress or (lambda _msg: None)
-    if (folder / MANIFEST).exists():  # complete: no lock, so read-only shared dataset folders work
+    if (folder / MANIFEST_FILE).exists():  # complete: no lock, so read-only shared dataset folders work
         manifest = load_manifest(folder)
         _check_same(folder, manifest, header)
         say(f"{folder}: already complete, nothing to do")
@@ -88,7 +88,7 @@ def write_dataset(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
 
 def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan], shard_size: int,
                   say: Callable[[str], None], recipe: dict[str, Any] | None) -> dict[str, Any]:
-    if (folder / MANIFEST).exists():  # the writer we waited for finished it
+    if (folder / MANIFEST_FILE).exists():  # the writer we waited for finished it
         manifest = load_manifest(folder)
         _check_same(folder, manifest, header)
         say(f"{folder}: already complete, nothing to do")
@@ -113,7 +113,7 @@ def _write_locked(folder: Path, header: dict[str, Any], splits: list[SplitPlan],
     manifest = {"format": FORMAT, **header, "splits": split_entries, "library_version": __version__}
     if recipe is not None:  # not part of the header: paths such as data.root may differ between users
         manifest["recipe"] = recipe
-    write_json_atomic(folder / MANIFEST, manifest)
+    write_json_atomic(folder / MANIFEST_FILE, manifest)
     (folder / PROGRESS).unlink(missing_ok=True)
     _remove_stray_shards(folder, manifest)
     return manifest
@@ -187,13 +187,13 @@ def _remove_stray_shards(folder: Path, manifest: dict) -> None:
 def load_manifest(folder: str | Path) -> dict[str, Any]:
     """Read and check a dataset's manifest; a missing or malformed one raises DataError."""
     folder = Path(folder)
-    path = folder / MANIFEST
+    path = folder / MANIFEST_FILE
     if not folder.is_dir():
         raise DataError(f"dataset folder {folder} does not exist; generate it with 'unrealnas generate data=...'")
     if not path.is_file():
         hint = "generation was interrupted: re-run the same 'unrealnas generate' command to resume" if (
             folder / PROGRESS).exists() else "it is not a dataset folder written by 'unrealnas generate'"
-        raise DataError(f"dataset {folder} has no {MANIFEST}: {hint}")
+        raise DataError(f"dataset {folder} has no {MANIFEST_FILE}: {hint}")
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:

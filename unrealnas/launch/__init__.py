@@ -12,7 +12,7 @@ The only package that imports submitit (and only inside the functions that submi
 ``status(runs_dir)`` reports per stage and group what is done, running, pending or failed.
 """
 
-from unrealnas.launch.status import StatusReport, TaskStatus, cmd_status, format_status, status
+from unrealnas.launch.status import StatusReport, TaskStatus, format_status, status
 from unrealnas.launch.submit import (
     Dependency,
     LocalJob,
@@ -26,9 +26,7 @@ from unrealnas.launch.submit import (
 )
 from unrealnas.launch.task import (
     Task,
-    is_complete,
     planned_run_dir,
-    read_result,
     run_task,
     write_task_file,
 )
@@ -41,13 +39,10 @@ __all__ = [
     "Task",
     "TaskStatus",
     "check_slurm",
-    "cmd_status",
     "dependency_of",
     "format_status",
-    "is_complete",
     "pending_tasks",
     "planned_run_dir",
-    "read_result",
     "run_task",
     "slurm_parameters",
     "status",

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from unrealnas.io import write_json_atomic
+from unrealnas.atomic import write_json_atomic
 
 RECORD_FILE = "tasks.json"
 OUTCOME_SUFFIX = "_outcome.json"

@@ -13,22 +13,23 @@ the process that submitted the jobs (``unrealnas.launch.submit.wait_all``).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from unrealnas.finite import nonfinite_note
 from unrealnas.launch.records import read_outcome, read_records
-from unrealnas.launch.task import read_result
 from unrealnas.lock import holder
+from unrealnas.results.collect import Failure, parse_group
+from unrealnas.rundir import SEARCH, TRAIN, is_complete, read_result
 
 STATES = ("done", "running", "pending", "failed")
-STAGE_DIRS = ("search", "train")  # run directories under <runs>/<stage>/<run-id>
+STAGE_DIRS = (SEARCH, TRAIN)  # run directories under <runs>/<stage>/<run-id>
 # SLURM job states (squeue/sacct) -> our states.
 _QUEUE_STATES = {
     "PENDING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending",
@@ -235,8 +236,6 @@ def status(runs_dir: str | Path, launcher_folder: str | Path | None = None) -> S
                 results[run_dir] = {"status": "failed", "error": "malformed result.json"}
         return results[run_dir]
 
-    from unrealnas.launch.task import is_complete
-
     open_entries = [(r, e) for r, e in latest.values() if not is_complete(e.get("run_dir"))]
     slurm_open = [(r, e) for r, e in open_entries if r.get("launcher") == "slurm"]
     queue = _queue() if slurm_open else {}
@@ -310,28 +309,29 @@ def format_status(report: StatusReport) -> str:
     return "\n".join(lines)
 
 
-def cmd_status(args: list[str]) -> int:
-    """``unrealnas status [runs dir] [launcher.folder=...] [format=text|json]``; exit 1 if a task failed."""
-    from unrealnas.errors import UserError
+def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = None,
+                    only: Iterable[str | Path] | None = None) -> tuple[list[Failure], list[str]]:
+    """Failed tasks known to the launcher (``unrealnas status``), each with its log; plus warnings.
 
-    args = list(args)
-    if "--format" in args:  # `--format json` as `table` takes it, beside format=json
-        at = args.index("--format")
-        if at + 1 >= len(args):
-            raise UserError("status: --format needs a value: text or json")
-        args[at:at + 2] = [f"format={args[at + 1]}"]
-    args = [a[2:] if a.startswith("--format=") else a for a in args]
-    positional = [a for a in args if "=" not in a]
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = sorted(set(options) - {"launcher.folder", "format", "paths.runs"})
-    if len(positional) > 1 or unknown:
-        raise UserError("usage: unrealnas status [runs dir] [launcher.folder=<dir>] [format=text|json | --format json]")
-    runs_dir = Path(positional[0] if positional else options.get("paths.runs", "./runs"))
-    if not runs_dir.is_dir():
-        raise UserError(f"runs folder {runs_dir} does not exist")
-    fmt = options.get("format", "text")
-    if fmt not in ("text", "json"):
-        raise UserError(f"format={fmt!r} is invalid: choose text or json")
-    report = status(runs_dir, options.get("launcher.folder"))
-    print(json.dumps(report.to_json(), indent=2) if fmt == "json" else format_status(report))
-    return 1 if report.failures() else 0
+    Asks SLURM only when some recorded task has no completed result, so a finished folder of
+    thousands of runs costs one pass over the submission records.
+    """
+    runs_dir = Path(runs_dir)
+    folder = Path(launcher_folder) if launcher_folder else runs_dir / "slurm"
+    records, warnings = read_records(folder)
+    keep = None if only is None else {os.path.realpath(p) for p in only}
+    open_dirs = [e.get("run_dir") for r in records for e in r["tasks"]
+                 if e.get("run_dir") and not is_complete(e.get("run_dir"))]
+    if keep is not None:
+        open_dirs = [d for d in open_dirs if os.path.realpath(d) in keep]
+    if not open_dirs:
+        return [], warnings
+    report = status(runs_dir, folder)
+    failures = []
+    for t in report.failures():
+        # job_id None: a run made outside the launcher; its result.json (if any) is collected already.
+        if t.run_dir is None or t.job_id is None or (keep is not None and os.path.realpath(t.run_dir) not in keep):
+            continue
+        setting, target = parse_group(t.stage, t.group)
+        failures.append(Failure(t.stage, t.run_dir, t.log, t.note, setting, target))
+    return failures, list(report.warnings)  # status() re-reads the records: its warnings include ours

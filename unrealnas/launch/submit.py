@@ -257,6 +257,15 @@ def _tee_output(log_path: Path) -> Iterator[TextIO]:
             yield log
 
 
+# Why not submitit's LocalExecutor / DebugExecutor (submitit 1.5): LocalExecutor starts one
+# subprocess per job the moment it is submitted, with no cap, so `launcher.local_workers` (N at a
+# time: 2 one-thread processes beat one two-thread process on small CPU models) would need our own
+# throttling around it; its results come back as pickles that job.result() loads, where ours come
+# back in memory and the run directory's JSON is the record; and a task's log is one file per job
+# in submitit's naming, not `<i>_log.out` beside the array's `tasks.json`. DebugExecutor runs in
+# the submitting process, one task at a time: a task that segfaults or is OOM-killed takes the
+# whole array with it. The local launcher keeps a process pool instead (one task per worker
+# process, `local_workers` at a time, a crashed worker fails its task only).
 def _submit_local(tasks: list[Task], launcher_cfg: Any, name: str,
                   dependency: Dependency | None) -> list[LocalJob]:
     batch = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -7,7 +7,6 @@ filters tasks cheaply, and the stage code is imported only inside :func:`run_tas
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,10 @@ from typing import Any
 
 from unrealnas.errors import UserError
 from unrealnas.observe import say as _say  # timestamped, on the unrealnas logger
-
-RESULT_FILE = "result.json"
-MANIFEST_FILE = "manifest.json"  # a dataset folder is complete once its manifest exists
+from unrealnas.rundir import SEARCH, TRAIN, is_complete, run_path
 
 # verb -> stage name used by `status` (the folder under paths.runs for search and train).
-STAGE_OF_VERB = {"generate": "generate", "search": "search", "retrain": "train"}
+STAGE_OF_VERB = {"generate": "generate", "search": SEARCH, "retrain": TRAIN}
 
 # Verbs that run a resumable stage: (module, function) with the contract f(cfg, progress=...) -> Path.
 # Called directly (not through the CLI wrapper) so that the job returns the run directory.
@@ -29,36 +26,6 @@ STAGE_RUNNERS: dict[str, tuple[str, str]] = {
     "search": ("unrealnas.search.run", "run_search"),
     "retrain": ("unrealnas.train.retrain", "run_retrain"),
 }
-
-
-def read_result(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's result.json as a dict, None when absent; raises ValueError when malformed."""
-    path = Path(run_dir) / RESULT_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: malformed JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def is_complete(run_dir: str | Path | None) -> bool:
-    """True when ``run_dir`` holds a completed result.json (or, for a dataset folder, its manifest)."""
-    if run_dir is None:
-        return False
-    run_dir = Path(run_dir)
-    if (run_dir / MANIFEST_FILE).is_file():
-        return True
-    try:
-        result = read_result(run_dir)
-    except (OSError, ValueError):
-        return False
-    return result is not None and result.get("status") == "completed"
 
 
 @dataclass(frozen=True)
@@ -169,17 +136,17 @@ def run_dir_of(verb: str, cfg: Any) -> Path | None:
             return dataset_dir(cfg).absolute()
         if verb == "search":
             from unrealnas.search.engine import packed_seeds, seed_config
-            from unrealnas.search.run import search_run_dir
+            from unrealnas.search.state import search_run_dir
 
             seeds = packed_seeds(cfg)  # packed seeds: the first seed's run (the one run_search returns)
             return search_run_dir(seed_config(cfg, seeds[0]) if seeds else cfg).absolute()
         if verb == "retrain":
             if cfg.train.run_id:
-                return (Path(cfg.paths.runs) / "train" / str(cfg.train.run_id)).absolute()
+                return run_path(cfg.paths.runs, TRAIN, str(cfg.train.run_id)).absolute()
             from unrealnas.train.retrain import resolve_genotype, run_id_for
 
             run_id = run_id_for(cfg, resolve_genotype(cfg.genotype))
-            return (Path(cfg.paths.runs) / "train" / run_id).absolute()
+            return run_path(cfg.paths.runs, TRAIN, run_id).absolute()
     except (ImportError, AttributeError, UserError):
         return None
     return None
@@ -201,7 +168,7 @@ def write_task_file(tasks: Sequence[Task], path: str | Path) -> int:
                             "the task file splits on spaces")
         if not t.is_complete():
             lines.append(" ".join(t.argv()))
-    from unrealnas.io import write_bytes_atomic
+    from unrealnas.atomic import write_bytes_atomic
 
     header = "# one task per line for slurm/sweep_array.sbatch: unrealnas <verb> <overrides...>\n"
     write_bytes_atomic(path, (header + "".join(f"{ln}\n" for ln in lines)).encode())

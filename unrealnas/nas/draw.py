@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from unrealnas.io import atomic_path
+from unrealnas.atomic import atomic_path
 from unrealnas.nas.genotype import Genotype
 
 _INPUT_STYLE = {"boxstyle": "round,pad=0.35", "fc": "#cfe8cf", "ec": "#2e7d32"}

@@ -19,11 +19,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from unrealnas.atomic import write_json_atomic
 from unrealnas.errors import ConfigError
-from unrealnas.io import write_json_atomic
 from unrealnas.nas.ops import NONE_INDEX, PRIMITIVES
+from unrealnas.rundir import GENOTYPE_FILE
 
-GENOTYPE_FILE = "genotype.json"
 UNDECIDED = -1
 """Edge-op code of an SGAS edge still searched (mixed); ``NONE_INDEX`` (0) marks a pruned edge."""
 

@@ -4,8 +4,8 @@ Everything here reads files only (result.json, metrics.jsonl, genotype.json, the
 records); nothing imports torch.
 """
 
-from unrealnas.results.collect import Collection, Failure, RunResult, collect_results, launch_failures
+from unrealnas.results.collect import Collection, Failure, RunResult, collect_results
 from unrealnas.results.tables import Table, TableRow, build_table, render
 
 __all__ = ["Collection", "Failure", "RunResult", "Table", "TableRow", "build_table", "collect_results",
-           "launch_failures", "render"]
+           "render"]

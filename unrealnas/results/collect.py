@@ -22,8 +22,8 @@ from unrealnas.config.methods import (  # sampled cells: no search data, label o
     SAMPLED_METHODS,
 )
 from unrealnas.finite import nonfinite_note
+from unrealnas.rundir import CONFIG_FILE, RESULT_FILE
 
-RESULT_FILE = "result.json"
 STAGE_DIRS = ("search", "train")  # <runs>/<stage>/<run-id>/result.json
 KINDS = ("search", "train")
 STATUSES = ("completed", "failed")
@@ -31,8 +31,8 @@ LABELS = ("random", "true")
 MISSING = "-"  # provenance of a published genotype (DARTS_V2): no search data or label
 PRETRAINED_SUFFIX = "_pt"  # table target of a retrain initialised from other weights: chexpert_pt
 
-# Cell of a sweep: (method, search_data, search_label, num_classes); a table row groups by it.
-Cell = tuple[str, str, str, "int | None"]
+# The search setting of a run: (method, search_data, search_label, num_classes); a table row groups by it.
+Setting = tuple[str, str, str, "int | None"]
 
 _PRETRAINED_LINE = re.compile(r"^\s+pretrained:[ \t]*(.*)$", re.MULTILINE)
 
@@ -61,8 +61,8 @@ class RunResult:
     error: str | None = None
 
     @property
-    def cell(self) -> Cell:
-        """The sweep cell: (method, search_data, search_label, num_classes)."""
+    def setting(self) -> Setting:
+        """The search setting: (method, search_data, search_label, num_classes)."""
         return (self.method, self.search_data, self.search_label, self.num_classes)
 
 
@@ -74,7 +74,7 @@ class Failure:
     run_dir: str | None
     log: str | None
     note: str
-    cell: Cell | None = None  # which table row it affects (None: unattributed)
+    setting: Setting | None = None  # which table row it affects (None: unattributed)
     target: str | None = None  # for retrains: the table target
 
 
@@ -132,7 +132,7 @@ def _pretrained(run_dir: Path, data: dict[str, Any]) -> bool:
     if "pretrained" in data:
         return bool(data["pretrained"])
     try:
-        text = (run_dir / "config.yaml").read_text()
+        text = (run_dir / CONFIG_FILE).read_text()
     except OSError:
         return False
     # A line scan instead of a YAML parse: tables over thousands of runs stay fast; `pretrained`
@@ -234,7 +234,7 @@ def collect_results(runs_dir: str | Path, only: Iterable[str | Path] | None = No
     return out
 
 
-def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
+def parse_group(stage: str, group: str) -> tuple[Setting | None, str | None]:
     """(cell, target) from a launcher group label: ``method/data/label/cN`` or ``target/method/data/label/cN``."""
     parts = group.split("/")
     target = None
@@ -252,41 +252,9 @@ def parse_group(stage: str, group: str) -> tuple[Cell | None, str | None]:
     return (parts[0], parts[1], parts[2], classes), target
 
 
-def launch_failures(runs_dir: str | Path, launcher_folder: str | Path | None = None,
-                    only: Iterable[str | Path] | None = None) -> tuple[list[Failure], list[str]]:
-    """Failed tasks known to the launcher (``unrealnas status``), each with its log; plus warnings.
-
-    Asks SLURM only when some recorded task has no completed result, so a finished folder of
-    thousands of runs costs one pass over the submission records.
-    """
-    from unrealnas.launch.records import read_records
-    from unrealnas.launch.status import status
-    from unrealnas.launch.task import is_complete
-
-    runs_dir = Path(runs_dir)
-    folder = Path(launcher_folder) if launcher_folder else runs_dir / "slurm"
-    records, warnings = read_records(folder)
-    keep = None if only is None else {os.path.realpath(p) for p in only}
-    open_dirs = [e.get("run_dir") for r in records for e in r["tasks"]
-                 if e.get("run_dir") and not is_complete(e.get("run_dir"))]
-    if keep is not None:
-        open_dirs = [d for d in open_dirs if os.path.realpath(d) in keep]
-    if not open_dirs:
-        return [], warnings
-    report = status(runs_dir, folder)
-    failures = []
-    for t in report.failures():
-        # job_id None: a run made outside the launcher; its result.json (if any) is collected already.
-        if t.run_dir is None or t.job_id is None or (keep is not None and os.path.realpath(t.run_dir) not in keep):
-            continue
-        cell, target = parse_group(t.stage, t.group)
-        failures.append(Failure(t.stage, t.run_dir, t.log, t.note, cell, target))
-    return failures, list(report.warnings)  # status() re-reads the records: its warnings include ours
-
-
-def architecture_name(cell: Cell) -> str:
+def architecture_name(setting: Setting) -> str:
     """The row label in the paper's style: UnrealNAS-DARTS-RLGD (5000 classes), DARTS-CIFAR10 (true labels)."""
-    method, data, label, classes = cell
+    method, data, label, classes = setting
     m = METHODS[method].display if method in METHODS else method
     if data == MISSING:
         return m

@@ -20,12 +20,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from unrealnas.io import atomic_path, read_jsonl
-from unrealnas.results.collect import MISSING, Cell, Collection, collect_results
+from unrealnas.atomic import atomic_path, read_jsonl
+from unrealnas.results.collect import MISSING, Collection, Setting, collect_results
 from unrealnas.results.tables import PAPER_METRICS, TARGET_NAMES, lower_is_better, summarize
+from unrealnas.rundir import GENOTYPE_FILE, METRICS_FILE
 
 FORMATS = ("png", "pdf")
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -36,8 +36,8 @@ class PlotReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def _label(cell: Cell) -> str:
-    method, data, label, classes = cell
+def _label(setting: Setting) -> str:
+    method, data, label, classes = setting
     if data == MISSING:
         return method  # a cell without search data: the random baseline or a published genotype
     tail = f" c{classes}" if label == "random" and classes is not None else f" ({label} labels)"
@@ -89,14 +89,14 @@ def plot_skip_connections(collection: Collection, runs_dir: Path, stem: Path,
                           formats: Sequence[str] = FORMATS) -> list[Path]:
     """Fig. 5: skip_connect count of the derived normal cell vs search epoch; mean per cell, runs faint."""
     info = {r.run_dir.resolve(): r for r in collection.runs if r.kind == "search"}
-    curves: dict[Cell, list[tuple[int | None, list[int], list[float]]]] = defaultdict(list)
+    curves: dict[Setting, list[tuple[int | None, list[int], list[float]]]] = defaultdict(list)
     for run_dir in _run_dirs(runs_dir, "search"):
         rows = [r for r in read_jsonl(run_dir / METRICS_FILE) if "skip_normal" in r and "epoch" in r]
         if rows:
             r = info.get(run_dir.resolve())
-            cell = r.cell if r is not None else ("?", run_dir.name, "?", None)
+            setting = r.setting if r is not None else ("?", run_dir.name, "?", None)
             seed = r.seed if r is not None else None
-            curves[cell].append((seed, [int(x["epoch"]) + 1 for x in rows], [float(x["skip_normal"]) for x in rows]))
+            curves[setting].append((seed, [int(x["epoch"]) + 1 for x in rows], [float(x["skip_normal"]) for x in rows]))
     if not curves:
         return []
     fig = Figure(figsize=(6.4, 4.4))
@@ -104,7 +104,7 @@ def plot_skip_connections(collection: Collection, runs_dir: Path, stem: Path,
     cells = sorted(curves.items(), key=lambda kv: str(kv[0]))
     # Counts are integers: the cells would lie on top of each other, so each is shifted a little.
     shift = offsets(len(cells), 0.12 if len(cells) > 1 else 0.0)
-    for i, (cell, runs) in enumerate(cells):
+    for i, (setting, runs) in enumerate(cells):
         color = f"C{i % 10}"
         for seed, x, y in runs:
             ax.plot(x, [v + shift[i] for v in y], color=color, alpha=0.35, lw=0.8, marker=seed_marker(seed), ms=3)
@@ -112,7 +112,7 @@ def plot_skip_connections(collection: Collection, runs_dir: Path, stem: Path,
         length = min(len(x) for _, x, _ in runs)
         xs = runs[0][1][:length]
         mean = [sum(y[k] for _, _, y in runs) / len(runs) + shift[i] for k in range(length)]
-        ax.plot(xs, mean, color=color, lw=2, label=f"{_label(cell)} (mean of n={len(runs)})")
+        ax.plot(xs, mean, color=color, lw=2, label=f"{_label(setting)} (mean of n={len(runs)})")
     ax.set_xlabel("search epoch (count, warm-up included)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("skip connections in the normal cell (count of 8 edges)")
@@ -183,12 +183,12 @@ def plot_learning_curves(collection: Collection, runs_dir: Path, stem: Path,
                          formats: Sequence[str] = FORMATS) -> list[Path]:
     """Fig. 1: per retrain target, training loss and test error (or AUROC) vs epoch; one line per run."""
     info = {r.run_dir.resolve(): r for r in collection.runs if r.kind == "train"}
-    by_target: dict[str, list[tuple[Cell, int | None, list[dict]]]] = defaultdict(list)
+    by_target: dict[str, list[tuple[Setting, int | None, list[dict]]]] = defaultdict(list)
     for run_dir in _run_dirs(runs_dir, "train"):
         rows = [r for r in read_jsonl(run_dir / METRICS_FILE) if "epoch" in r]
         r = info.get(run_dir.resolve())
         if rows and r is not None:
-            by_target[str(r.target)].append((r.cell, r.seed, rows))
+            by_target[str(r.target)].append((r.setting, r.seed, rows))
     if not by_target:
         return []
     targets = sorted(by_target)
@@ -196,14 +196,14 @@ def plot_learning_curves(collection: Collection, runs_dir: Path, stem: Path,
     axes = fig.subplots(len(targets), 2, squeeze=False)
     for row_axes, target in zip(axes, targets, strict=True):
         metric = PAPER_METRICS.get(target.removesuffix("_pt"), ("top1_err",))[0]
-        colors: dict[Cell, str] = {}
-        order = list(dict.fromkeys(cell for cell, _, _ in by_target[target]))
+        colors: dict[Setting, str] = {}
+        order = list(dict.fromkeys(setting for setting, _, _ in by_target[target]))
         # Cells that learn alike would hide each other: each is dodged sideways by a few hundredths of an epoch.
         dodge = dict(zip(order, offsets(len(order), 0.05), strict=True))
-        for cell, seed, rows in by_target[target]:
-            color = colors.setdefault(cell, f"C{len(colors) % 10}")
+        for setting, seed, rows in by_target[target]:
+            color = colors.setdefault(setting, f"C{len(colors) % 10}")
             style = {"color": color, "lw": 1, "marker": seed_marker(seed), "ms": 3}
-            dx = dodge[cell]
+            dx = dodge[setting]
             loss = [(r["epoch"] + dx, r["train_loss"]) for r in rows if _finite(r.get("train_loss"))]
             test = [(r["epoch"] + dx, r[metric]) for r in rows if _finite(r.get(metric))]
             if loss:
@@ -221,7 +221,7 @@ def plot_learning_curves(collection: Collection, runs_dir: Path, stem: Path,
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             # One entry per cell (its colour, no marker); the markers are the seeds' legend.
-            ax.legend(handles=[Line2D([], [], color=c, lw=1.5, label=_label(cell)) for cell, c in colors.items()],
+            ax.legend(handles=[Line2D([], [], color=c, lw=1.5, label=_label(setting)) for setting, c in colors.items()],
                       fontsize=7, loc="upper right")
             _seed_legend(ax, seeds, loc="lower left")
     fig.suptitle("Learning curves of the retrained cells (Fig. 1)")
@@ -236,7 +236,7 @@ def _finite(v: object) -> bool:
 def draw_cells(collection: Collection, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """One drawing per completed search's genotype (skipped when up to date with its genotype.json)."""
     from unrealnas.nas.draw import draw_genotype
-    from unrealnas.nas.genotype import GENOTYPE_FILE, Genotype
+    from unrealnas.nas.genotype import Genotype
 
     written = []
     for r in collection.completed("search"):
@@ -250,7 +250,7 @@ def draw_cells(collection: Collection, out_dir: Path, formats: Sequence[str] = F
                 written.append(path)
                 continue
             genotype = genotype or Genotype.load(source)
-            written.append(draw_genotype(genotype, path, title=f"{_label(r.cell)} seed {r.seed}"))
+            written.append(draw_genotype(genotype, path, title=f"{_label(r.setting)} seed {r.seed}"))
     return written
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from unrealnas.config.methods import RANDOM_METHOD
-from unrealnas.results.collect import Cell, Collection, RunResult, architecture_name
+from unrealnas.results.collect import Collection, RunResult, Setting, architecture_name
 
 TRUE_LABEL = "true"
 CONFIDENCE = 0.95
@@ -98,30 +98,30 @@ def difference(row: Mapping[object, float], ref: Mapping[object, float]) -> Diff
     return Difference(mean, low, high, len(a), len(b), "boot")
 
 
-def _control_of(cell: Cell, controls: list[Cell]) -> Cell | None:
+def _control_of(setting: Setting, controls: list[Setting]) -> Setting | None:
     """The true-label control of a row: the one of the same method, else the only one."""
-    same = [c for c in controls if c[0] == cell[0]]
+    same = [c for c in controls if c[0] == setting[0]]
     if len(same) == 1:
         return same[0]
     return controls[0] if len(controls) == 1 else None
 
 
-def compare_groups(groups: Mapping[tuple[Cell, str], Sequence[RunResult]],
-                   metrics: Mapping[tuple[Cell, str], Sequence[str]]) -> dict[tuple[Cell, str, str], Comparison]:
+def compare_groups(groups: Mapping[tuple[Setting, str], Sequence[RunResult]],
+                   metrics: Mapping[tuple[Setting, str], Sequence[str]]) -> dict[tuple[Setting, str, str], Comparison]:
     """Each (cell, target, metric)'s differences to its control and random rows, where either exists."""
-    values = {(cell, target, m): per_seed(runs, m) for (cell, target), runs in groups.items()
-              for m in metrics.get((cell, target), ())}
-    out: dict[tuple[Cell, str, str], Comparison] = {}
-    for (cell, target, metric), vals in values.items():
+    values = {(setting, target, m): per_seed(runs, m) for (setting, target), runs in groups.items()
+              for m in metrics.get((setting, target), ())}
+    out: dict[tuple[Setting, str, str], Comparison] = {}
+    for (setting, target, metric), vals in values.items():
         peers = [c for (c, t, m) in values if t == target and m == metric and values[(c, t, m)]]
         controls = sorted((c for c in peers if c[2] == TRUE_LABEL), key=str)
         randoms = [c for c in peers if c[0] == RANDOM_METHOD]
-        control = _control_of(cell, controls)
+        control = _control_of(setting, controls)
         rand = randoms[0] if len(randoms) == 1 else None
         if control is None and rand is None:
             continue
-        is_control, is_random = cell == control, cell == rand
-        out[(cell, target, metric)] = Comparison(
+        is_control, is_random = setting == control, setting == rand
+        out[(setting, target, metric)] = Comparison(
             None if control is None or is_control else difference(vals, values[(control, target, metric)]),
             None if rand is None or is_random else difference(vals, values[(rand, target, metric)]),
             is_control, is_random)
@@ -151,13 +151,13 @@ def comparison_csv(comp: Comparison | None) -> list[str]:
     return cells
 
 
-def comparison_rows(comparisons: Mapping[tuple[Cell, str, str], Comparison], rows: Sequence[tuple[Cell, str]],
+def comparison_rows(comparisons: Mapping[tuple[Setting, str, str], Comparison], rows: Sequence[tuple[Setting, str]],
                     columns: Sequence[tuple[tuple[str, str], str]]) -> list[tuple[str, str, str, str]]:
     """(architecture, column, Δ vs control, Δ vs random) texts, one per row and shown column with a reference."""
     out = []
-    for cell, name in rows:
+    for setting, name in rows:
         for (target, metric), column in columns:
-            comp = comparisons.get((cell, target, metric))
+            comp = comparisons.get((setting, target, metric))
             if comp is None:
                 continue
             texts = ["ref" if is_ref else "-" if diff is None else diff.text()
@@ -166,7 +166,7 @@ def comparison_rows(comparisons: Mapping[tuple[Cell, str, str], Comparison], row
     return out
 
 
-def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], rows: Sequence[tuple[Cell, str]],
+def render_comparisons(comparisons: Mapping[tuple[Setting, str, str], Comparison], rows: Sequence[tuple[Setting, str]],
                        columns: Sequence[tuple[tuple[str, str], str]]) -> list[str]:
     """Markdown lines: one row per architecture and shown column, Δ to the control and to the random cell."""
     body = comparison_rows(comparisons, rows, columns)
@@ -181,20 +181,20 @@ def render_comparisons(comparisons: Mapping[tuple[Cell, str, str], Comparison], 
 
 def search_notes(collection: Collection) -> list[str]:
     """One line per searched cell: mean entropy of softmax(alpha) at the start and end, and architecture steps."""
-    by_cell: dict[Cell, list[RunResult]] = defaultdict(list)
+    by_setting: dict[Setting, list[RunResult]] = defaultdict(list)
     for r in collection.completed("search"):
         if "alpha_entropy_end" in r.metrics:
-            by_cell[r.cell].append(r)
+            by_setting[r.setting].append(r)
     lines = []
-    for cell in sorted(by_cell, key=str):
-        runs = by_cell[cell]
+    for setting in sorted(by_setting, key=str):
+        runs = by_setting[setting]
 
         def mean(key: str, runs: list[RunResult] = runs) -> float:
             vals = [r.metrics[key] for r in runs if key in r.metrics]
             return math.fsum(vals) / len(vals) if vals else float("nan")
 
         steps = sorted({int(r.metrics.get("arch_steps", 0)) for r in runs})
-        lines.append(f"{architecture_name(cell)}: softmax(alpha) entropy {mean('alpha_entropy_start'):.4f} -> "
+        lines.append(f"{architecture_name(setting)}: softmax(alpha) entropy {mean('alpha_entropy_start'):.4f} -> "
                      f"{mean('alpha_entropy_end'):.4f} nats (mean of {len(runs)} searches; uniform over the 8 DARTS ops = "
                      f"{math.log(8):.4f}), {'/'.join(map(str, steps))} architecture steps per search")
     return lines

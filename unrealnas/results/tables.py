@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from unrealnas.config.methods import SEARCH_METHODS
 from unrealnas.results.collect import (
     PRETRAINED_SUFFIX,
-    Cell,
     Collection,
     Failure,
     RunResult,
+    Setting,
     architecture_name,
 )
 from unrealnas.results.stats import (
@@ -78,8 +78,8 @@ class TableRow:
     notes: list[int] = field(default_factory=list)  # footnote numbers of this row's failures
 
     @property
-    def cell(self) -> Cell:
-        """The sweep cell of the row."""
+    def setting(self) -> Setting:
+        """The search setting of the row."""
         return (self.method, self.search_data, self.search_label, self.num_classes)
 
 
@@ -88,14 +88,14 @@ class Table:
     """Rows plus what the table's footnotes need."""
 
     rows: list[TableRow]
-    cost: dict[Cell, tuple[float, str]]  # cell -> (mean search cost, "GPU-days" | "CPU-hours")
+    cost: dict[Setting, tuple[float, str]]  # cell -> (mean search cost, "GPU-days" | "CPU-hours")
     failures: list[Failure]  # numbered footnotes: failure i is note i+1
     problems: list[str]  # malformed result files that were skipped
     notes: list[str] = field(default_factory=list)
     title: str = ""
     # (cell, target, metric) -> differences to the true-label control and the random row (results.stats)
-    comparisons: dict[tuple[Cell, str, str], Comparison] = field(default_factory=dict)
-    cost_runs: dict[Cell, int] = field(default_factory=dict)  # searches behind each cost
+    comparisons: dict[tuple[Setting, str, str], Comparison] = field(default_factory=dict)
+    cost_runs: dict[Setting, int] = field(default_factory=dict)  # searches behind each cost
     # The paper's layout has a search-cost column; it is measured time, so a table that must be the same
     # bytes on every run of the same command (experiment.cost_column: false) leaves it to cost.md.
     cost_column: bool = True
@@ -112,8 +112,8 @@ def summarize(values: Sequence[float], metric: str) -> tuple[float | None, float
     return best, mean, std
 
 
-def _cell_sort_key(cell: Cell) -> tuple:
-    method, data, label, classes = cell
+def _setting_sort_key(setting: Setting) -> tuple:
+    method, data, label, classes = setting
     methods = SEARCH_METHODS
     return (methods.index(method) if method in methods else len(methods), method,
             label != "random", DATA_ORDER.index(data) if data in DATA_ORDER else len(DATA_ORDER), data,
@@ -140,7 +140,7 @@ def _merge_failures(collection: Collection, failures: Iterable[Failure]) -> list
     for r in collection.failed():
         key = os.path.realpath(r.run_dir)
         merged[key] = Failure(r.kind, str(r.run_dir), str(r.run_dir / "result.json"), r.error or "status failed",
-                              r.cell, r.target)
+                              r.setting, r.target)
     extra: list[Failure] = []
     for f in failures:
         if f.run_dir is None:
@@ -150,7 +150,7 @@ def _merge_failures(collection: Collection, failures: Iterable[Failure]) -> list
         old = merged.get(key)
         if old is not None:
             # The result.json knows the run's provenance and error; the launcher knows the log.
-            merged[key] = Failure(old.stage, old.run_dir, f.log or old.log, old.note, old.cell or f.cell,
+            merged[key] = Failure(old.stage, old.run_dir, f.log or old.log, old.note, old.setting or f.setting,
                                   old.target or f.target)
         else:
             merged[key] = f
@@ -160,7 +160,7 @@ def _merge_failures(collection: Collection, failures: Iterable[Failure]) -> list
 
 
 def build_table(collection: Collection, repeats: int | None = None, failures: Iterable[Failure] = (),
-                expected: Iterable[tuple[Cell, str]] = (), notes: Sequence[str] = (), title: str = "",
+                expected: Iterable[tuple[Setting, str]] = (), notes: Sequence[str] = (), title: str = "",
                 cost_column: bool = True) -> Table:
     """Group the completed retrains (or searches, where a cell has no retrain) and flag what is missing.
 
@@ -168,30 +168,30 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
     ``expected``: (cell, target) groups that must appear even when none of their runs completed.
     ``cost_column``: the markdown and LaTeX tables carry the measured search cost (else only cost.md does).
     """
-    train: dict[tuple[Cell, str], list[RunResult]] = defaultdict(list)
+    train: dict[tuple[Setting, str], list[RunResult]] = defaultdict(list)
     for r in collection.completed("train"):
-        train[(r.cell, str(r.target))].append(r)
-    searches: dict[Cell, list[RunResult]] = defaultdict(list)
+        train[(r.setting, str(r.target))].append(r)
+    searches: dict[Setting, list[RunResult]] = defaultdict(list)
     for r in collection.completed("search"):
-        searches[r.cell].append(r)
-    groups: dict[tuple[Cell, str], list[RunResult]] = dict(train)
+        searches[r.setting].append(r)
+    groups: dict[tuple[Setting, str], list[RunResult]] = dict(train)
     for cell_target in expected:
         groups.setdefault(cell_target, [])
-    cells_with_rows = {cell for cell, _ in groups}
-    for cell, runs in searches.items():
-        if cell not in cells_with_rows:
-            groups[(cell, SEARCH_TARGET)] = runs
+    settings_with_rows = {setting for setting, _ in groups}
+    for setting, runs in searches.items():
+        if setting not in settings_with_rows:
+            groups[(setting, SEARCH_TARGET)] = runs
 
     all_failures = _merge_failures(collection, failures)
-    failed_in: dict[tuple[Cell, str], list[int]] = defaultdict(list)
+    failed_in: dict[tuple[Setting, str], list[int]] = defaultdict(list)
     for i, f in enumerate(all_failures):
-        if f.cell is None:
+        if f.setting is None:
             continue
         if f.stage == "search":
             # A failed search removes a repeat from every retrain of its cell.
-            hit = [key for key in groups if key[0] == f.cell] or [(f.cell, SEARCH_TARGET)]
+            hit = [key for key in groups if key[0] == f.setting] or [(f.setting, SEARCH_TARGET)]
         else:
-            hit = [(f.cell, f.target or SEARCH_TARGET)]
+            hit = [(f.setting, f.target or SEARCH_TARGET)]
         for key in hit:
             groups.setdefault(key, [])
             failed_in[key].append(i)
@@ -202,14 +202,14 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
         repeats = max(attempted, default=0)
 
     rows: list[TableRow] = []
-    for (cell, target), runs in groups.items():
+    for (setting, target), runs in groups.items():
         if runs:
             metrics = sorted({m for r in runs for m in r.metrics}, key=_metric_key)
         else:
             metrics = list(PAPER_METRICS.get(_base_target(target), ("top1_err",)))
         params = [r.params_m for r in runs if r.params_m is not None]
         params_m = math.fsum(params) / len(params) if params else None
-        note_ids = [i + 1 for i in failed_in.get((cell, target), [])]
+        note_ids = [i + 1 for i in failed_in.get((setting, target), [])]
         for metric in metrics:
             values = [r.metrics[metric] for r in runs if metric in r.metrics]
             best, mean, std = summarize(values, metric)
@@ -219,23 +219,23 @@ def build_table(collection: Collection, repeats: int | None = None, failures: It
             for i in note_ids:
                 f = all_failures[i - 1]
                 flags.append(f"failed {f.stage} [{i}]: {f.log or f.run_dir}")
-            rows.append(TableRow(cell[0], cell[1], cell[2], cell[3], target, metric, len(values), best, mean, std,
+            rows.append(TableRow(setting[0], setting[1], setting[2], setting[3], target, metric, len(values), best, mean, std,
                                  repeats, params_m, flags, note_ids))
-    rows.sort(key=lambda r: (_cell_sort_key(r.cell), _target_key(r.target), _metric_key(r.metric)))
-    row_metrics: dict[tuple[Cell, str], list[str]] = defaultdict(list)
+    rows.sort(key=lambda r: (_setting_sort_key(r.setting), _target_key(r.target), _metric_key(r.metric)))
+    row_metrics: dict[tuple[Setting, str], list[str]] = defaultdict(list)
     for r in rows:
-        row_metrics[(r.cell, r.target)].append(r.metric)
+        row_metrics[(r.setting, r.target)].append(r.metric)
     comparisons = compare_groups(groups, row_metrics)
 
-    cost: dict[Cell, tuple[float, str]] = {}
-    cost_runs: dict[Cell, int] = {}
-    for cell, runs in searches.items():
+    cost: dict[Setting, tuple[float, str]] = {}
+    cost_runs: dict[Setting, int] = {}
+    for setting, runs in searches.items():
         gpu = [r.gpu_hours for r in runs if r.gpu_hours is not None]
         cpu = [r.cpu_hours for r in runs if r.cpu_hours is not None]
         if gpu:
-            cost[cell], cost_runs[cell] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days"), len(gpu)
+            cost[setting], cost_runs[setting] = (math.fsum(gpu) / len(gpu) / 24.0, "GPU-days"), len(gpu)
         elif cpu:
-            cost[cell], cost_runs[cell] = (math.fsum(cpu) / len(cpu), "CPU-hours"), len(cpu)
+            cost[setting], cost_runs[setting] = (math.fsum(cpu) / len(cpu), "CPU-hours"), len(cpu)
     return Table(rows, cost, all_failures, list(collection.problems), list(notes), title, comparisons, cost_runs,
                  cost_column)
 
@@ -277,16 +277,16 @@ def _value_text(row: TableRow, pm: str) -> str:
 
 @dataclass
 class _PaperRow:
-    cell: Cell
+    setting: Setting
     values: dict[tuple[str, str], TableRow]
     notes: list[int]
     flags: list[str]
 
 
 def _paper_rows(table: Table) -> list[_PaperRow]:
-    by_cell: dict[Cell, _PaperRow] = {}
+    by_setting: dict[Setting, _PaperRow] = {}
     for r in table.rows:
-        pr = by_cell.setdefault(r.cell, _PaperRow(r.cell, {}, [], []))
+        pr = by_setting.setdefault(r.setting, _PaperRow(r.setting, {}, [], []))
         pr.values[(r.target, r.metric)] = r
         for i in r.notes:
             if i not in pr.notes:
@@ -295,7 +295,7 @@ def _paper_rows(table: Table) -> list[_PaperRow]:
             flag = f"{_column_name(r.target, r.metric).split(' ')[0]} n={r.n}/{r.expected}"
             if flag not in pr.flags:
                 pr.flags.append(flag)
-    return list(by_cell.values())
+    return list(by_setting.values())
 
 
 def _params(pr: _PaperRow, columns: list[tuple[str, str]]) -> float | None:
@@ -319,10 +319,10 @@ def cost_header(table: Table) -> str:
     return f"Search cost ({cost_unit(table)})"
 
 
-def _cost_text(table: Table, cell: Cell) -> str:
-    if cell not in table.cost:
+def _cost_text(table: Table, setting: Setting) -> str:
+    if setting not in table.cost:
         return "-"
-    value, unit = table.cost[cell]
+    value, unit = table.cost[setting]
     if value == 0:
         return "0"
     if cost_unit(table) != "hours":
@@ -354,12 +354,12 @@ def _paper_head(table: Table, columns: list[tuple[str, str]]) -> list[str]:
 
 def _paper_tail(table: Table, pr: _PaperRow, columns: list[tuple[str, str]]) -> list[str]:
     """A row's cells after its result columns: params, the search cost when shown, search data and label."""
-    return [_num(_params(pr, columns)), *([_cost_text(table, pr.cell)] if table.cost_column else []),
-            pr.cell[1], pr.cell[2]]
+    return [_num(_params(pr, columns)), *([_cost_text(table, pr.setting)] if table.cost_column else []),
+            pr.setting[1], pr.setting[2]]
 
 
-def _names(paper_rows: list[_PaperRow]) -> list[tuple[Cell, str]]:
-    return [(pr.cell, architecture_name(pr.cell)) for pr in paper_rows]
+def _names(paper_rows: list[_PaperRow]) -> list[tuple[Setting, str]]:
+    return [(pr.setting, architecture_name(pr.setting)) for pr in paper_rows]
 
 
 def render_markdown(table: Table) -> str:
@@ -370,7 +370,7 @@ def render_markdown(table: Table) -> str:
     lines = [f"### {table.title}", ""] if table.title else []
     lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":-:"] * (len(head) - 1)) + "|"]
     for pr in paper_rows:
-        cells = [architecture_name(pr.cell)]
+        cells = [architecture_name(pr.setting)]
         for c in columns:
             row = pr.values.get(c)
             cells.append(_value_text(row, "±") if row is not None else "")
@@ -407,7 +407,7 @@ def render_latex(table: Table) -> str:
     lines += [r"\begin{tabular}{l" + "c" * (len(head) - 1) + "}", r"\toprule",
               " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]
     for pr in paper_rows:
-        cells = [latex_escape(architecture_name(pr.cell))]
+        cells = [latex_escape(architecture_name(pr.setting))]
         for c in columns:
             row = pr.values.get(c)
             if row is None:
@@ -454,9 +454,9 @@ def render_cost_markdown(table: Table) -> str:
     head = ["Architecture", cost_header(table), "Searches", "Search data", "Search label"]
     lines = [f"### {table.title}: search cost", ""] if table.title else []
     lines += ["| " + " | ".join(head) + " |", "|---|:-:|:-:|:-:|:-:|"]
-    for cell in sorted(table.cost, key=_cell_sort_key):
-        lines.append(f"| {architecture_name(cell)} | {_cost_text(table, cell)} | {table.cost_runs.get(cell, '-')} | "
-                     f"{cell[1]} | {cell[2]} |")
+    for setting in sorted(table.cost, key=_setting_sort_key):
+        lines.append(f"| {architecture_name(setting)} | {_cost_text(table, setting)} | {table.cost_runs.get(setting, '-')} | "
+                     f"{setting[1]} | {setting[2]} |")
     lines += ["", "Mean over the searches of their measured compute time (the sum of their epochs' times), so "
               "it differs between runs of the same command; the result tables do not carry it. A random "
               "cell costs 0."]
@@ -468,10 +468,10 @@ def render_cost_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("method", "search_data", "search_label", "num_classes", "cost", "unit", "n"))
-    for cell in sorted(table.cost, key=_cell_sort_key):
-        value, unit = table.cost[cell]
-        writer.writerow([*cell[:3], "" if cell[3] is None else cell[3], csv_number(value), unit,
-                         table.cost_runs.get(cell, "")])
+    for setting in sorted(table.cost, key=_setting_sort_key):
+        value, unit = table.cost[setting]
+        writer.writerow([*setting[:3], "" if setting[3] is None else setting[3], csv_number(value), unit,
+                         table.cost_runs.get(setting, "")])
     return buf.getvalue()
 
 
@@ -483,7 +483,7 @@ def render_csv(table: Table) -> str:
     for r in table.rows:
         writer.writerow([r.method, r.search_data, r.search_label, "" if r.num_classes is None else r.num_classes,
                          r.target, r.metric, r.n, csv_number(r.best), csv_number(r.mean), csv_number(r.std),
-                         "; ".join(r.flags), *comparison_csv(table.comparisons.get((r.cell, r.target, r.metric)))])
+                         "; ".join(r.flags), *comparison_csv(table.comparisons.get((r.setting, r.target, r.metric)))])
     return buf.getvalue()
 
 

@@ -51,18 +51,19 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.config.compose import to_yaml
 from unrealnas.config.methods import method as method_facts
 from unrealnas.config.overrides import override_key
 from unrealnas.config.schema import RECOMPUTE
 from unrealnas.cuda_graph import GraphedStep
 from unrealnas.errors import ConfigError, NonFiniteError
-from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
-from unrealnas.runtime import autocast_for, provenance, resolve_device
+from unrealnas.rundir import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, is_complete
+from unrealnas.runtime import autocast, autocast_dtype, provenance, resolve_device
 from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
     FAULT_ENV,
@@ -70,7 +71,6 @@ from unrealnas.search.state import (
     _trim_metrics,
     ensure_dataset,
     finish,
-    is_complete,
     search_run_dir,
 )
 
@@ -320,7 +320,7 @@ class SearchEngine:
                 amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """((S,) mean cross-entropy per seed, (N, S, classes) logits) of stacked images and labels."""
         w = self.net.op_weights()
-        with (_autocast(self.device, self.settings.amp, self.cuda_graph) if amp else contextlib.nullcontext()):
+        with autocast(self.device, autocast_dtype(self.device, self.settings.amp) if amp else None, cache=not self.cuda_graph):
             logits = (net or self.forward)(x, w)
         if logits.dim() == 2:  # the per-edge reference returns (N, classes)
             logits = logits.unsqueeze(1)
@@ -514,14 +514,6 @@ class SearchEngine:
                 **({"recompute": self.settings.recompute} if self.settings.recompute != "none" else {})}
 
 
-def _autocast(device: torch.device, amp: str, graph: bool) -> contextlib.AbstractContextManager:
-    ctx = autocast_for(device, amp)
-    if graph and isinstance(ctx, torch.autocast):
-        # the autocast weight cache must not outlive a graph capture (torch.cuda.graph docs)
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return ctx
-
-
 # ----------------------------------------------------------------------------- the loop over epochs
 
 
@@ -681,18 +673,18 @@ def _run_locked(todo: Sequence[tuple[DictConfig, Path]], folders: dict[Path, Pat
             _run_locked([(c, d)], folders, say)
         return
     for r in runs:
-        _trim_metrics(r.run_dir / "metrics.jsonl", r.epoch)
-        write_bytes_atomic(r.run_dir / "config.yaml", to_yaml(r.cfg).encode())
+        _trim_metrics(r.run_dir / METRICS_FILE, r.epoch)
+        write_bytes_atomic(r.run_dir / CONFIG_FILE, to_yaml(r.cfg).encode())
     if len(runs) > 1:
         say(f"packing {len(runs)} seeds {[int(r.cfg.seed) for r in runs]} into one network")
     loop = SearchLoop(runs)
     for r in runs:
-        write_json_atomic(r.run_dir / "provenance.json", {**provenance(r.precision), **r.engine_record})
+        write_json_atomic(r.run_dir / PROVENANCE_FILE, {**provenance(r.precision), **r.engine_record})
     try:
         loop.run()
     except NonFiniteError as e:
         for r in runs:
-            write_json_atomic(r.run_dir / "result.json", {
+            write_json_atomic(r.run_dir / RESULT_FILE, {
                 "kind": "search", "status": "failed", "method": r.cfg.search.method, "search_data": r.cfg.data.name,
                 "search_label": r.manifest["label"], "num_classes": int(r.manifest["num_classes"]),
                 "seed": int(r.cfg.seed), "dataset": r.manifest["name"], "preset": r.cfg.preset, "error": str(e),

@@ -11,7 +11,7 @@ SGAS decisions) recaptures; the previous graph is released first.
 
 The capture is guarded and self-checked (:mod:`unrealnas.cuda_graph`): a failed capture or a
 replay that differs from eager falls back to eager with one line (``on``: an error). Unmeasured: no
-GPU was available when this was written; ``tests/test_gpu.py`` (run by ``tools/gpu_check.sh``)
+GPU was available when this was written; ``tests/gpu/test_gpu.py`` (run by ``tools/gpu_check.sh``)
 compares graph and eager searches on the first GPU run.
 """
 
@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from unrealnas.config.methods import method as method_facts
-from unrealnas.cuda_graph import GRAPH_SETTINGS, GraphedStep
+from unrealnas.config.schema import Switch
+from unrealnas.cuda_graph import GraphedStep
 from unrealnas.errors import ConfigError
 
 __all__ = ["GraphedStep", "graph_off_reason", "use_cuda_graph"]
@@ -28,8 +29,8 @@ __all__ = ["GraphedStep", "graph_off_reason", "use_cuda_graph"]
 
 def use_cuda_graph(setting: str, device: torch.device, method: str) -> bool:
     """Whether ``search.cuda_graph`` turns graph replay on: auto = on CUDA for first-order methods."""
-    if setting not in GRAPH_SETTINGS:
-        raise ConfigError(f"search.cuda_graph={setting!r}: choose auto, on or off")
+    if setting not in tuple(Switch):  # the schema's choices (a bench passes plain strings)
+        raise ConfigError(f"search.cuda_graph={setting!r} is invalid: choose one of {', '.join(Switch)}")
     if setting == "on" and device.type != "cuda":
         raise ConfigError(f"search.cuda_graph=on needs a CUDA device, this run is on {device}; use auto or off")
     if setting == "on" and not method_facts(method).graphable:

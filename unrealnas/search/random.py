@@ -18,10 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.config.compose import to_yaml
 from unrealnas.config.methods import SAMPLED_METHODS
-from unrealnas.io import write_bytes_atomic, write_json_atomic
 from unrealnas.nas.genotype import RANDOM_SEARCH_STREAM, count_skips, sample_genotype
+from unrealnas.rundir import CONFIG_FILE, GENOTYPE_FILE, PROVENANCE_FILE, RESULT_FILE
 from unrealnas.runtime import provenance
 
 
@@ -42,10 +43,10 @@ def run_sampled(cfg: DictConfig, run_dir: Path, progress: Callable[[str], None])
 
     started = time.time()
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(run_dir / "config.yaml", to_yaml(cfg).encode())
-    write_json_atomic(run_dir / "provenance.json", provenance())
+    write_bytes_atomic(run_dir / CONFIG_FILE, to_yaml(cfg).encode())
+    write_json_atomic(run_dir / PROVENANCE_FILE, provenance())
     genotype = sample_genotype(int(cfg.seed), nodes=int(cfg.search.nodes), stream=RANDOM_SEARCH_STREAM)
-    genotype.save(run_dir / "genotype.json")
+    genotype.save(run_dir / GENOTYPE_FILE)
     try:
         draw_genotype(genotype, run_dir / "genotype.png")
     except Exception as e:  # a drawing failure must not lose the run
@@ -56,9 +57,9 @@ def run_sampled(cfg: DictConfig, run_dir: Path, progress: Callable[[str], None])
         "search_label": None, "num_classes": None, "seed": int(cfg.seed), "target": None, "dataset": None,
         "preset": cfg.preset, "metrics": {"skip_normal": skip_normal, "skip_reduce": skip_reduce, "arch_steps": 0},
         "params_m": None, "gpu_hours": 0.0, "cpu_hours": 0.0, "wall_s": time.time() - started, "compute_s": 0.0,
-        "epochs": 0, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
+        "epochs": 0, "genotype": GENOTYPE_FILE, "genotype_json": genotype.to_json(),
         "sampler": {"stream": RANDOM_SEARCH_STREAM, "nodes": int(cfg.search.nodes)},
     }
-    write_json_atomic(run_dir / "result.json", result)  # last: it marks the run complete
+    write_json_atomic(run_dir / RESULT_FILE, result)  # last: it marks the run complete
     progress(f"{run_dir}: random cell sampled; genotype {json.dumps(genotype.to_json())}")
     return run_dir

@@ -14,17 +14,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from unrealnas.rundir import is_complete
 from unrealnas.search.engine import packed_seeds, run_seeds
 from unrealnas.search.random import is_sampled, run_sampled
-from unrealnas.search.state import (  # noqa: F401 - the run-directory names every stage imports from here
-    CHECKPOINT,
-    FAULT_ENV,
-    _trim_metrics,
-    is_complete,
-    resize_images,
-    search_run_dir,
-    search_run_id,
-)
+from unrealnas.search.state import search_run_dir
 
 
 def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -> Path:

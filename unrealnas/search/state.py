@@ -28,27 +28,35 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from unrealnas.config.methods import method as method_facts
 from unrealnas.data.generators import check_manifest, data_seed, dataset_dir, generate_dataset
 from unrealnas.data.loaders import DeviceLoader, load_split_to_device, search_loaders
-from unrealnas.data.store import MANIFEST, load_manifest
+from unrealnas.data.store import load_manifest
 from unrealnas.errors import NonFiniteError
-from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.nas.genotype import Genotype, count_skips
 from unrealnas.nas.ops import PRIMITIVES
 from unrealnas.nas.sgas import SGASState, apply_to_supernet, end_of_epoch, sgas_genotype
 from unrealnas.nas.supernet import SuperNet
+from unrealnas.rundir import (
+    CHECKPOINT_FILE,
+    GENOTYPE_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    RESULT_FILE,
+    SEARCH,
+    run_path,
+)
 from unrealnas.runtime import (
     allow_tf32,
+    autocast_dtype,
     precision_name,
     resolve_device,
-    search_autocast_dtype,
     use_channels_last,
 )
 from unrealnas.search.random import is_sampled, sampled_run_id
 
-CHECKPOINT = "checkpoint.pt"
 # Test hook: SIGKILL this process after N optimisation steps (simulates a preempted job).
 FAULT_ENV = "UNREALNAS_FAULT_AFTER_STEPS"
 
@@ -71,15 +79,7 @@ def search_run_id(cfg: DictConfig) -> str:
 
 def search_run_dir(cfg: DictConfig) -> Path:
     """``<paths.runs>/search/<run-id>``."""
-    return Path(cfg.paths.runs) / "search" / search_run_id(cfg)
-
-
-def is_complete(run_dir: Path) -> bool:
-    """True when ``run_dir`` holds a completed result.json."""
-    try:
-        return json.loads((run_dir / "result.json").read_text()).get("status") == "completed"
-    except (OSError, json.JSONDecodeError):
-        return False
+    return run_path(cfg.paths.runs, SEARCH, search_run_id(cfg))
 
 
 @dataclass
@@ -129,9 +129,9 @@ class SearchRun:
         self.device = resolve_device(cfg.device)
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        if search_autocast_dtype(self.device, s.amp) is None:
+        if autocast_dtype(self.device, s.amp) is None:
             allow_tf32(self.device)  # fp32 search (the default): TF32 tensor cores on CUDA
-        self.precision = precision_name(self.device, search_autocast_dtype(self.device, s.amp))
+        self.precision = precision_name(self.device, autocast_dtype(self.device, s.amp))
         data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
         if s.resolution and s.resolution != data.images.shape[-1]:
             data.images = resize_images(data.images, s.resolution)
@@ -182,11 +182,11 @@ class SearchRun:
 
     def save(self) -> None:
         """Write the checkpoint atomically (the previous one survives a crash mid-write)."""
-        save_checkpoint(self.run_dir / CHECKPOINT, self.state_dict())
+        save_checkpoint(self.run_dir / CHECKPOINT_FILE, self.state_dict())
 
     def restore(self) -> bool:
         """Load the checkpoint if there is one; a corrupt or foreign one raises CheckpointError."""
-        path = self.run_dir / CHECKPOINT
+        path = self.run_dir / CHECKPOINT_FILE
         if not path.exists():
             return False
         state = load_checkpoint(path, self.fingerprint())
@@ -248,7 +248,7 @@ class SearchRun:
                "sgas_decisions": decisions}
         # metrics first, then the checkpoint: a crash in between repeats this epoch, and resume
         # drops the rows of epochs the checkpoint has not reached (see _trim_metrics)
-        append_jsonl(self.run_dir / "metrics.jsonl", row)
+        append_jsonl(self.run_dir / METRICS_FILE, row)
         if self.board is not None:
             self.board.scalars(epoch + 1, {k: v for k, v in row.items() if k != "epoch"}, "search/")
             self.board.alphas(epoch + 1, row["alphas_softmax"], PRIMITIVES)
@@ -299,7 +299,7 @@ def _trim_metrics(path: Path, epoch: int) -> None:
 def ensure_dataset(cfg: DictConfig, progress: Callable[[str], None]) -> Path:
     """The dataset folder of ``cfg``, generated on the fly if it does not exist yet, and checked to be that dataset."""
     folder = dataset_dir(cfg)
-    if not (folder / MANIFEST).exists():
+    if not (folder / MANIFEST_FILE).exists():
         progress(f"dataset {folder} not found: generating it")
         generate_dataset(cfg, progress, wait=True)  # another task generating it: wait, then use it
     # A shared data.id must not hand a seed-1 search the seed-0 dataset: the manifest decides.
@@ -313,12 +313,12 @@ def finish(run: SearchRun, started: float) -> None:
 
     run_dir, cfg = run.run_dir, run.cfg
     genotype = run.genotype()
-    genotype.save(run_dir / "genotype.json")
+    genotype.save(run_dir / GENOTYPE_FILE)
     try:
         draw_genotype(genotype, run_dir / "genotype.png")
     except Exception as e:  # a drawing failure must not lose a finished search
         run.say(f"warning: could not draw the genotype ({e})")
-    rows = read_jsonl(run_dir / "metrics.jsonl")
+    rows = read_jsonl(run_dir / METRICS_FILE)
     compute_s = sum(r.get("seconds") or 0.0 for r in rows)
     last = rows[-1] if rows else {}
     hours_key = "gpu_hours" if run.device.type == "cuda" else "cpu_hours"
@@ -333,12 +333,12 @@ def finish(run: SearchRun, started: float) -> None:
                     "alpha_entropy_end": alpha_entropy(*run.model.alpha_softmax()),
                     "arch_steps": sum(int(r.get("arch_steps") or 0) for r in rows)},
         "params_m": None, hours_key: compute_s / 3600.0, "wall_s": time.time() - started, "compute_s": compute_s,
-        "epochs": run.total_epochs, "genotype": "genotype.json", "genotype_json": genotype.to_json(),
+        "epochs": run.total_epochs, "genotype": GENOTYPE_FILE, "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
                    "reduce": run.model.alpha_reduce.detach().cpu().tolist()},
         "hparams": run.hparams, "device": str(run.device), "precision": run.precision, **run.engine_record,
     }
     if run.sgas is not None:
         result["sgas"] = run.sgas.state_dict()
-    write_json_atomic(run_dir / "result.json", result)
+    write_json_atomic(run_dir / RESULT_FILE, result)
     run.say(f"{run_dir}: search completed; genotype {json.dumps(genotype.to_json())}")

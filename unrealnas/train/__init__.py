@@ -1,4 +1,4 @@
-"""Retraining: the one training loop, checkpoints, targets (CIFAR, ImageNet, CheXpert) and CLI verbs.
+"""Retraining: the one training loop, checkpoints and targets (CIFAR, ImageNet, CheXpert, digits, a dataset).
 
 Import the pieces explicitly: ``from unrealnas.train.loop import fit``,
 ``from unrealnas.train.retrain import run_retrain``.

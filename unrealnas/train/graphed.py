@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from unrealnas.cuda_graph import GRAPH_SETTINGS
+from unrealnas.config.schema import Switch
 from unrealnas.errors import ConfigError
 
 
@@ -28,8 +28,8 @@ def train_cuda_graph_off(setting: str, device: torch.device, optimizer: str, amp
 
     ``on`` with a blocker and an unknown value raise :class:`ConfigError`.
     """
-    if setting not in GRAPH_SETTINGS:
-        raise ConfigError(f"train.cuda_graph={setting!r}: choose auto, on or off")
+    if setting not in tuple(Switch):  # the schema's choices (a bench passes plain strings)
+        raise ConfigError(f"train.cuda_graph={setting!r} is invalid: choose one of {', '.join(Switch)}")
     blockers = [why for bad, why in ((device.type != "cuda", f"a CUDA device (this run is on {device})"),
                                      (optimizer != "sgd", "train.optimizer=sgd"),
                                      (amp == "fp16", "train.amp other than fp16"),

@@ -11,7 +11,6 @@ as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
@@ -26,16 +25,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unrealnas import dist
-from unrealnas.checkpoint import CHECKPOINT_FILE, rng_state, save_checkpoint, set_rng_state
+from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic
+from unrealnas.checkpoint import rng_state, save_checkpoint, set_rng_state
 from unrealnas.cuda_graph import GraphedStep, graph_outcome
 from unrealnas.dist import DistEnv
 from unrealnas.errors import ConfigError
-from unrealnas.io import append_jsonl, read_jsonl, write_bytes_atomic
 from unrealnas.observe import RunBoard, bar
+from unrealnas.rundir import CHECKPOINT_FILE, METRICS_FILE
+from unrealnas.runtime import autocast
 from unrealnas.train.metrics import chexpert_metrics, topk_correct
-from unrealnas.train.target import Target, derive_seed
-
-METRICS_FILE = "metrics.jsonl"
+from unrealnas.train.targets.base import Target, derive_seed
 
 
 @dataclass
@@ -109,13 +108,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def _autocast(device: torch.device, amp: str | None, cache: bool = True) -> contextlib.AbstractContextManager:
-    if amp is None:
-        return contextlib.nullcontext()
-    # a captured step must not keep autocast's weight cache across replays (torch.cuda.graph docs)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16, cache_enabled=cache)
-
-
 def compute_loss(out: torch.Tensor | tuple[torch.Tensor, torch.Tensor], y: torch.Tensor, multilabel: bool,
                  aux_weight: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss (main + aux_weight x auxiliary) and the main logits; multi-label labels < 0 are masked."""
@@ -141,7 +133,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step (forward, backward, clip, update); returns the detached loss and logits."""
     optimizer.zero_grad(set_to_none=True)
-    with _autocast(x.device, opts.amp, cache=not opts.cuda_graph):
+    with autocast(x.device, opts.amp, cache=not opts.cuda_graph):
         out = model(x)
     loss, logits = compute_loss(out, y, multilabel, opts.aux_weight, opts.label_smoothing)
     if scaler is not None:
@@ -168,7 +160,7 @@ def evaluate(model: nn.Module, target: Target, device: torch.device, opts: LoopO
         for x, y in target.eval_batches():
             if opts.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, opts.amp):
+            with autocast(device, opts.amp):
                 z = model(x)
             scores.append(torch.sigmoid(z.float()).cpu())
             labels.append(y.cpu())
@@ -187,7 +179,7 @@ def evaluate(model: nn.Module, target: Target, device: torch.device, opts: LoopO
     for x, y in target.eval_batches():
         if opts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, opts.amp):
+        with autocast(device, opts.amp):
             z = model(x)
         c1, c5 = topk_correct(z.float(), y)
         sums += torch.tensor([c1, c5, float(F.cross_entropy(z.float(), y, reduction="sum")), len(y)],
