@@ -134,7 +134,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(s.init_channels >= 1 and s.batch_size >= 1, "search.batch_size", s.batch_size, "use positive sizes")
     _check(s.epochs >= 1 and s.warmup_epochs >= 0, "search.epochs", s.epochs, "use at least 1 search epoch")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
-    _check(s.recompute == "none" or s.supernet == "fused", "search.recompute", s.recompute,
+    _check(s.recompute == "none" or s.supernet == "fused", "search.recompute", str(s.recompute),
            "recomputation runs in the fused supernet: use search.supernet=fused or search.recompute=none")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")

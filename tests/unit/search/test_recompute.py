@@ -102,7 +102,7 @@ def test_bad_recompute_is_one_line(tmp_path):
     """An unknown level, or recomputation on the per-edge reference, is a ConfigError naming the fix."""
     with pytest.raises(ConfigError, match=r"search.recompute='layer'.*none, cell"):
         compose_config(smoke_overrides(tmp_path, "search.recompute=layer"))
-    with pytest.raises(ConfigError, match=r"search.supernet=fused"):
+    with pytest.raises(ConfigError, match=r"search.recompute='cell' is invalid: .*use search.supernet=fused"):
         compose_config(smoke_overrides(tmp_path, "search.recompute=cell", "search.supernet=per_edge"))
     with pytest.raises(ConfigError, match=r"search.recompute='layer'"):
         _engine([seed_net(0)], "darts", "layer")
