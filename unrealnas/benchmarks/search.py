@@ -2,7 +2,7 @@
 
 ``unrealnas bench search [preset=paper] [steps=N] [warmup=N] [methods=darts,darts2]
 [supernet=per_edge,fused] [packed=1,5] [precision=fp32,bf16] [graph=eager,graph] [compile=true]
-[quick=true] [threads=N] [json=path] [format=table|json] [device=...] [search.*=...]``
+[recompute=none,cell] [quick=true] [threads=N] [json=path] [format=table|json] [device=...] [search.*=...]``
 
 Every row times the engine's own iteration (:meth:`unrealnas.search.engine.SearchEngine.step`, the
 call the search loop makes per training batch after the warm-up epochs: architecture step, then
@@ -17,7 +17,12 @@ batch per iteration). Rows, side by side:
 - ``precision``: ``fp32`` (the default search) and ``bf16`` autocast (with channels_last on CUDA),
   labelled as they run; bf16 rows only on CUDA unless asked for;
 - ``graph``: ``eager`` or ``graph`` (the iteration replayed as a CUDA graph; CUDA, first order only);
-- ``compile=true`` adds a fused S=1 row with the forward ``torch.compile``d.
+- ``compile=true`` adds a fused S=1 row with the forward ``torch.compile``d;
+- ``recompute``: ``search.recompute`` of the fused rows (``recompute=none,cell``: both, side by side).
+
+``saved_mib_per_seed`` is the memory of activations: the bytes one training forward leaves alive for
+its backward (:func:`unrealnas.search.memory.retained_bytes`), per seed, at the row's batch; ``peak_mib`` (CUDA) the
+allocator's peak over the timed iterations.
 
 ``ops_per_iter`` is the number of aten ops one more (untimed, eager) iteration dispatches, counted
 with a ``TorchDispatchMode`` (:mod:`unrealnas.benchmarks.opcount`): the device-independent cost, one
@@ -51,12 +56,13 @@ from unrealnas.benchmarks.table import machine_info, pop_options, report, set_th
 from unrealnas.config import compose_config
 from unrealnas.config.methods import ITERATIVE_METHODS
 from unrealnas.config.methods import method as method_facts
-from unrealnas.config.schema import DataConfig, SearchConfig
+from unrealnas.config.schema import RECOMPUTE, DataConfig, SearchConfig
 from unrealnas.data.loaders import SplitData, search_loaders
 from unrealnas.errors import ConfigError
 from unrealnas.nas.supernet import SuperNet
 from unrealnas.runtime import resolve_device, use_channels_last
 from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
+from unrealnas.search.memory import MIB, retained_bytes
 from unrealnas.search.state import ValStream
 
 METHODS = ITERATIVE_METHODS  # what can be timed: the supernet searches
@@ -67,7 +73,8 @@ QUICK_CPU_BATCH = 8
 OPTIONS: dict[str, tuple[type, Any]] = {
     "quick": (bool, False), "steps": (int, None), "warmup": (int, None), "methods": (str, "darts,darts2"),
     "compile": (bool, False), "json": (str, None), "threads": (int, None), "supernet": (str, "per_edge,fused"),
-    "packed": (str, "1,5"), "precision": (str, None), "graph": (str, None), "format": (str, "table")}
+    "packed": (str, "1,5"), "precision": (str, None), "graph": (str, None), "format": (str, "table"),
+    "recompute": (str, "none")}
 
 
 @dataclass
@@ -95,7 +102,7 @@ def _cycle_epochs(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 def build_engine_bench(cfg: DictConfig, method: str, seeds: int, device: torch.device, batch: int | None = None,
                        supernet: str = "fused", precision: str = "fp32", graph: bool = False,
-                       compile_: bool = False) -> EngineBench:
+                       compile_: bool = False, recompute: str = "none") -> EngineBench:
     """The engine of ``cfg.search`` for ``seeds`` fresh supernets (seed s initialised and fed as seed=s would be)."""
     s = cfg.search
     batch = int(batch or s.batch_size)
@@ -118,7 +125,8 @@ def build_engine_bench(cfg: DictConfig, method: str, seeds: int, device: torch.d
                                 torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas))))
     bf16 = precision == "bf16"
     settings = StepSettings(method, float(s.grad_clip), "bf16" if bf16 else "off",
-                            bf16 and use_channels_last(device, "auto"), "on" if graph else "off", compile_, supernet)
+                            bf16 and use_channels_last(device, "auto"), "on" if graph else "off", compile_, supernet,
+                            recompute)
     return EngineBench(SearchEngine(states, settings, device), trains, vals)
 
 
@@ -134,11 +142,15 @@ def measure(b: EngineBench, device: torch.device, steps: int, warmup: int, count
     for _ in range(warmup):
         b.step()
     _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         b.step()
     _sync(device)
     out: dict[str, Any] = {"s_per_iter": (time.perf_counter() - t0) / steps}
+    # the peak of the timed iterations (every pass of the method, all packed seeds): what a card must hold
+    out["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     out["ops_per_iter"] = out["kernel_ops"] = None
     if count:
         graphed, b.engine.graphed = b.engine.graphed, None  # count the eager iteration the graph replays
@@ -147,7 +159,16 @@ def measure(b: EngineBench, device: torch.device, steps: int, warmup: int, count
         finally:
             b.engine.graphed = graphed
         out["ops_per_iter"], out["kernel_ops"] = ops.total, ops.total - ops.metadata
+    out["saved_mib_per_seed"] = forward_retained_mib(b) if count else None  # compiled: not visible to a mode
     return out
+
+
+def forward_retained_mib(b: EngineBench) -> float:
+    """MiB one training forward of the engine's network keeps for its backward, per packed seed."""
+    e = b.engine
+    x, y = e.stack([next(t) for t in b.train])
+    with torch.enable_grad():
+        return retained_bytes(lambda: e._losses(x, y)[0]) / e.S / MIB
 
 
 def paper_schedule() -> dict[str, int]:
@@ -166,8 +187,8 @@ def paper_hours(s_per_iter: float, batch: int) -> float:
 
 
 def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precisions: list[str], graphs: list[str],
-              device: torch.device, compile_: bool) -> list[dict[str, Any]]:
-    """The (method, supernet, seeds, precision, graph, compile) combinations one run measures, in print order."""
+              device: torch.device, compile_: bool, recomputes: tuple[str, ...] = ("none",)) -> list[dict[str, Any]]:
+    """The (method, supernet, seeds, precision, graph, compile, recompute) combinations one run measures, in print order."""
     out = []
     for method in methods:
         for precision in precisions:
@@ -177,26 +198,30 @@ def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precis
                         if graph == "graph" and (device.type != "cuda" or not method_facts(method).graphable
                                                  or supernet == "per_edge"):
                             continue
-                        out.append({"method": method, "supernet": supernet, "seeds": S, "precision": precision,
-                                    "graph": graph, "compile": False})
+                        for rec in (["none"] if supernet == "per_edge" else recomputes):  # the reference keeps all
+                            out.append({"method": method, "supernet": supernet, "seeds": S, "precision": precision,
+                                        "graph": graph, "compile": False, "recompute": rec})
             if compile_:
                 out.append({"method": method, "supernet": "fused", "seeds": 1, "precision": precision,
-                            "graph": "eager", "compile": True})
+                            "graph": "eager", "compile": True, "recompute": "none"})
     return out
 
 
 def run_search_benchmark(cfg: DictConfig, methods: list[str], steps: int, warmup: int, batch: int | None = None,
                          supernets: list[str] | None = None, seeds: list[int] | None = None,
                          precisions: list[str] | None = None, graphs: list[str] | None = None, compile_: bool = False,
-                         say: Callable[[str], None] = lambda _m: None) -> list[dict[str, Any]]:
+                         say: Callable[[str], None] = lambda _m: None,
+                         recomputes: list[str] | None = None) -> list[dict[str, Any]]:
     """Rows of every planned combination measured on ``cfg.device``, with their ratios."""
     device = resolve_device(cfg.device)
     supernets = supernets or list(SUPERNETS)
     seeds = seeds or [1]
     precisions = precisions or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
     graphs = graphs or (["eager", "graph"] if device.type == "cuda" else ["eager"])
+    recomputes = recomputes or ["none"]
     for name, given, valid in (("methods", methods, METHODS), ("supernet", supernets, SUPERNETS),
-                               ("precision", precisions, PRECISIONS), ("graph", graphs, GRAPHS)):
+                               ("precision", precisions, PRECISIONS), ("graph", graphs, GRAPHS),
+                               ("recompute", recomputes, RECOMPUTE)):
         bad = [v for v in given if v not in valid]
         if bad:
             raise ConfigError(f"bench search {name}={','.join(given)}: {bad[0]!r} is not one of {', '.join(valid)}")
@@ -204,11 +229,12 @@ def run_search_benchmark(cfg: DictConfig, methods: list[str], steps: int, warmup
         raise ConfigError(f"bench search packed={seeds}: seed counts are 1 or more")
     batch = int(batch or cfg.search.batch_size)
     rows: list[dict[str, Any]] = []
-    for combo in plan_rows(methods, supernets, seeds, precisions, graphs, device, compile_):
+    for combo in plan_rows(methods, supernets, seeds, precisions, graphs, device, compile_, tuple(recomputes)):
         say(f"bench search: {combo['method']} {combo['supernet']} S={combo['seeds']} {combo['precision']} "
-            f"{combo['graph']}{' compile' if combo['compile'] else ''} on {device} (batch {batch} per seed)")
+            f"{combo['graph']}{' compile' if combo['compile'] else ''} recompute={combo['recompute']} on {device} "
+            f"(batch {batch} per seed)")
         b = build_engine_bench(cfg, combo["method"], combo["seeds"], device, batch, combo["supernet"],
-                               combo["precision"], combo["graph"] == "graph", combo["compile"])
+                               combo["precision"], combo["graph"] == "graph", combo["compile"], combo["recompute"])
         # graph capture (and its self-check) and compilation happen in the first calls: untimed
         t = measure(b, device, steps, max(warmup, 4) if combo["graph"] == "graph" or combo["compile"] else warmup,
                     count=not combo["compile"])  # a dispatch mode does not see inside compiled graphs
@@ -247,7 +273,12 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
     for r in rows:
         pe = find(r, supernet="per_edge", graph="eager", compile=False)
-        one = find(r, supernet="fused", seeds=1, graph="eager", compile=False)
+        one = find(r, supernet="fused", seeds=1, graph="eager", compile=False, recompute=r["recompute"])
+        plain = find(r, supernet=r["supernet"], seeds=r["seeds"], graph=r["graph"], compile=r["compile"],
+                     recompute="none")
+        r["ops_vs_none"] = (r["ops_per_iter"] / plain["ops_per_iter"]
+                            if plain and r["recompute"] != "none" and r["ops_per_iter"] and plain["ops_per_iter"]
+                            else None)
         r["vs_per_edge"] = pe["s_per_iter"] / r["s_per_iter"] if pe and r["supernet"] != "per_edge" else None
         r["ops_vs_per_edge"] = (pe["ops_per_iter"] / r["ops_per_iter"]
                                 if pe and r["supernet"] != "per_edge" and r["ops_per_iter"] else None)
@@ -258,8 +289,8 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 
 
 # the print order, and the key order of the JSON rows (reports that show the first columns show these)
-COLUMNS = ("method", "engine", "seeds", "precision", "graph", "ops_per_iter", "ops_vs_per_edge", "ops_vs_S1",
-           "s_per_iter", "images_per_s", "vs_per_edge", "per_seed_vs_S1", "paper_search_h", "paper_seeds_h",
+COLUMNS = ("method", "engine", "seeds", "precision", "graph", "recompute", "ops_per_iter", "ops_vs_per_edge",
+           "ops_vs_S1", "ops_vs_none", "saved_mib_per_seed", "peak_mib", "s_per_iter", "images_per_s", "vs_per_edge", "per_seed_vs_S1", "paper_search_h", "paper_seeds_h",
            "kernel_ops", "device", "batch", "note")
 
 
@@ -284,14 +315,18 @@ def main(overrides: list[str]) -> int:
     seeds = [int(v) for v in (_list(opts["packed"]) or ["1"])]
     say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     rows = run_search_benchmark(cfg, methods, steps, warmup, batch, _list(opts["supernet"]), seeds,
-                                _list(opts["precision"]), _list(opts["graph"]), bool(opts["compile"]), say)
+                                _list(opts["precision"]), _list(opts["graph"]), bool(opts["compile"]), say,
+                                _list(opts["recompute"]) or ["none"])
     p = paper_schedule()
     notes = [f"preset={cfg.preset}: supernet {cfg.search.layers} cells, {cfg.search.init_channels} channels, "
              f"{cfg.search.resolution or cfg.data.resolution} px, {cfg.data.num_classes} classes; {warmup} warm-up + "
              f"{steps} timed iterations per row; every row runs SearchEngine.step (the search loop's call)",
              "ops_per_iter: aten ops one eager iteration dispatches (device-independent); kernel_ops: less view/alias "
              "ops; vs_per_edge, ops_vs_per_edge: per_edge / this row; ops_vs_S1: this row / fused S=1; "
-             "per_seed_vs_S1: time per seed, fused S=1 / this row",
+             "per_seed_vs_S1: time per seed, fused S=1 / this row; ops_vs_none: this row / its recompute=none row",
+             "saved_mib_per_seed: MiB one training forward keeps alive for backward, per seed, at this batch "
+             "(device independent; scales with the batch); peak_mib: CUDA max_memory_allocated over the timed "
+             "iterations (all seeds, every pass)",
              f"paper_search_h: one search, {p['warmup_epochs']} + {p['search_epochs']} epochs x {p['iters_per_epoch']} "
              "iterations, warm-up at full cost (upper bound); paper_seeds_h: all S packed seeds"]
     if cfg.preset != "paper":

@@ -152,6 +152,8 @@ def validate_config(cfg: DictConfig) -> None:
     _check(r.generations >= 1, "search.rlnas.generations", r.generations, "use at least 1 generation")
     _check(0.0 <= r.mutation_prob <= 1.0, "search.rlnas.mutation_prob", r.mutation_prob, "use a probability in [0, 1]")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
+    _check(s.recompute == "none" or s.supernet == "fused", "search.recompute", str(s.recompute),
+           "recomputation runs in the fused supernet: use search.supernet=fused or search.recompute=none")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,
            "use 1 (one task at a time) or more")
     _check(str(cfg.log_level).upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level", cfg.log_level,

@@ -48,6 +48,8 @@ Loader = _choice("Loader", "torch", "ffcv")
 LauncherName = _choice("LauncherName", "local", "slurm")
 OutputFormat = _choice("OutputFormat", "text", "json")
 Augment = _choice("Augment", "crop_flip", "none")
+Recompute = _choice("Recompute", "none", "cell")  # search.recompute: what backward recomputes instead of keeping
+RECOMPUTE = tuple(str(m) for m in Recompute)  # its values, for the engine and the bench
 
 
 @dataclass
@@ -147,6 +149,7 @@ class SearchConfig:
     compile: bool = False  # torch.compile the supernet
     supernet: Supernet = Supernet.fused  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
     cuda_graph: Switch = Switch.auto  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
+    recompute: Recompute = Recompute.none  # none (keep every activation) | cell (keep cell inputs, recompute each cell in backward: same results, a fraction of the memory)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
     eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)
     deterministic: bool = False  # torch deterministic algorithms (bitwise-reproducible resume on CPU)
@@ -207,7 +210,8 @@ class LauncherConfig:
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
-    pack_seeds: Optional[int] = None  # seeds per search task (packed, seeds=[...]); null = 5 with a GPU, 1 on CPU
+    pack_seeds: Optional[str] = None  # seeds per search task (packed, seeds=[...]): N | auto (as many as the card's memory holds) | null = 5 with a GPU, 1 on CPU
+    gpu_mem_gb: Optional[float] = None  # pack_seeds=auto or a pack check where no GPU is visible (a login node): GB of the search jobs' card; null = the visible GPU's free memory
     folder: str = "${paths.runs}/slurm"
     max_num_timeout: int = 30  # requeues after hitting the time limit (submitit's default 3; dinov2 30); preemption: unlimited
     signal_delay_s: int = 120  # USR2 this many seconds before the time limit, so the job checkpoints and requeues

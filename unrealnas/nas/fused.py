@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from unrealnas.nas.ops import PRIMITIVES, FactorizedReduce, ReLUConvBN
 
@@ -515,6 +516,27 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
             contrib[g.node0 + slot].append(t)
     states.append(_sum(contrib[plan.nodes - 1]))
     return cat_per_seed(states, seeds)
+
+
+def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
+                              coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+    """``fused_cell_forward`` keeping only its inputs for backward, which runs it again (``search.recompute=cell``).
+
+    Exact: the recomputation runs the same kernels on the same inputs and weights (nothing in the
+    cell is random, and the weights do not change between a forward and its backward), so the
+    gradients are those of the plain forward. BN running statistics are taken once: the forward
+    records its batch statistics in ``bn`` (flushed after the last cell, as without recomputation);
+    the recomputation records into a throwaway ``BatchNormStats``, so no running buffer moves twice.
+    """
+    pending = [bn]
+
+    def run(a: torch.Tensor, b: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
+        stats = pending.pop() if pending else BatchNormStats(bn.training)  # second call: the recomputation
+        return fused_cell_forward(cell, plan, a, b, list(c), stats, seeds)
+
+    # non-reentrant: works with torch.autograd.grad (every DARTS order) and checks the recomputed shapes;
+    # no RNG state to restore (the supernet draws no random numbers)
+    return checkpoint(run, s0, s1, *coefs, use_reentrant=False, preserve_rng_state=False)
 
 
 def _sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -29,7 +29,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unrealnas.nas.fused import BatchNormStats, CellPlan, check_batchnorms, fused_cell_forward, make_plan
+from unrealnas.config.schema import RECOMPUTE
+from unrealnas.nas.fused import (
+    BatchNormStats,
+    CellPlan,
+    check_batchnorms,
+    checkpointed_cell_forward,
+    fused_cell_forward,
+    make_plan,
+)
 from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, num_edges
 from unrealnas.nas.ops import NONE_INDEX, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, get_op
 from unrealnas.nas.per_edge import mixed_op, per_edge_forward, search_cell
@@ -158,6 +166,7 @@ class SuperNet(nn.Module):
         self._rows: dict[tuple, tuple[list[torch.Tensor], list[torch.Tensor]] | None] = {}
         self.register_load_state_dict_post_hook(_sync_edge_ops_after_load)
         self.fused = bool(fused)
+        self.recompute = "none"  # search.recompute: "cell" recomputes each cell's activations in backward
         if self.fused:
             for cell in self.cells:
                 check_batchnorms(cell)
@@ -309,9 +318,15 @@ class SuperNet(nn.Module):
         bn = BatchNormStats(self.training)
         conv, norm = self.stem
         s0 = s1 = bn.normalize(conv(x), [[norm]], affine=norm)
+        if self.recompute not in RECOMPUTE:
+            raise ValueError(f"recompute={self.recompute!r}: choose {' or '.join(RECOMPUTE)}")
+        # recompute only where a backward will come (training with grad); not under vmap (functional tests)
+        cell_forward = (checkpointed_cell_forward if self.recompute == "cell" and self.training
+                        and torch.is_grad_enabled() and not torch._C._functorch.is_batchedtensor(x)
+                        else fused_cell_forward)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, fused_cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds)
+            s0, s1 = s1, cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds)
         bn.flush()
         return s1
 

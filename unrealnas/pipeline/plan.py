@@ -16,7 +16,7 @@ from unrealnas.config.data_folders import check_search_data, check_target_data
 from unrealnas.config.methods import SAMPLED_METHODS
 from unrealnas.config.overrides import override_key
 from unrealnas.errors import ConfigError, UserError
-from unrealnas.launch.packing import pack_search_tasks, resolve_pack_seeds
+from unrealnas.launch.packing import pack_search_tasks, pack_seeds_choice
 from unrealnas.launch.stages import Stage, quote_override, task_overrides
 from unrealnas.launch.task import Task
 from unrealnas.pipeline.tables import TABLE_VERB
@@ -152,9 +152,11 @@ def plan_pipeline(cfg: DictConfig, overrides: Sequence[str]) -> Plan:
     paths = [f"paths.runs={quote_override(runs_dir)}", f"paths.data={quote_override(data_dir)}"]
     notes: list[str] = []
     seeds = [int(s) for s in exp.seeds]
-    pack = resolve_pack_seeds(cfg, _launcher_for(cfg, "search"))
+    pack, pack_why = pack_seeds_choice(cfg, _launcher_for(cfg, "search"))
     if pack > 1:
         notes.append(f"search tasks pack up to {pack} seeds each (launcher.pack_seeds; one process per pack)")
+    if pack_why.startswith("launcher.pack_seeds=auto"):  # the choice and why (memory per seed, the card's)
+        notes.append(pack_why)
     retrain_seeds = [int(s) for s in exp.retrain_seeds]
     order = _retrain_order(exp)
     stage_of = {e: exp.retrain[e].stage or ("finetune" if exp.retrain[e].pretrained_from else "retrain")

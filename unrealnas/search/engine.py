@@ -55,6 +55,7 @@ from unrealnas.atomic import write_bytes_atomic, write_json_atomic
 from unrealnas.config.compose import to_yaml
 from unrealnas.config.methods import method as method_facts
 from unrealnas.config.overrides import override_key
+from unrealnas.config.schema import RECOMPUTE
 from unrealnas.cuda_graph import GraphedStep
 from unrealnas.errors import ConfigError, NonFiniteError
 from unrealnas.lock import folder_lock
@@ -88,12 +89,13 @@ class StepSettings:
     cuda_graph: str = "auto"
     compile: bool = False
     supernet: str = "fused"
+    recompute: str = "none"  # search.recompute (RECOMPUTE): what backward recomputes instead of keeping
 
     @classmethod
     def from_search(cls, s: DictConfig, channels_last: bool) -> StepSettings:
         """The settings of a ``search`` config group (``channels_last`` as resolved for the device)."""
         return cls(str(s.method), float(s.grad_clip), str(s.amp), bool(channels_last), str(s.cuda_graph),
-                   bool(s.compile), str(s.supernet))
+                   bool(s.compile), str(s.supernet), str(s.get("recompute", "none")))
 
 
 @dataclass
@@ -118,7 +120,13 @@ class SearchEngine:
         if settings.supernet == "per_edge" and self.S != 1:
             # the readable reference (timed by the bench, checked by the tests) runs one seed, edge by edge
             raise ConfigError("search.supernet=per_edge runs one seed (the reference); pack seeds with fused")
+        if settings.recompute not in RECOMPUTE:
+            raise ConfigError(f"search.recompute={settings.recompute!r}: choose {' or '.join(RECOMPUTE)}")
+        if settings.recompute != "none" and settings.supernet != "fused":
+            raise ConfigError(f"search.recompute={settings.recompute} runs in the fused supernet: "
+                              "use search.supernet=fused or search.recompute=none")
         self.net = SuperNet.pack(models).to(device)
+        self.net.recompute = settings.recompute
         self.second_order = method_facts(settings.method).second_order
         self.graph_setting = settings.cuda_graph
         self.cuda_graph = use_cuda_graph(settings.cuda_graph, device, settings.method)
@@ -501,8 +509,9 @@ class SearchEngine:
         else:
             graph = {"cuda_graph": "off", "reason": self.graph_off_reason}
         return {"engine": "per_edge" if self.settings.supernet == "per_edge" else "fused",
-                "seeds_in_process": self.S, "cuda_graph": graph,
-                "channels_last": self.settings.channels_last}
+                "seeds_in_process": self.S, "cuda_graph": graph, "channels_last": self.settings.channels_last,
+                # only when on: the records of plain runs keep their bytes
+                **({"recompute": self.settings.recompute} if self.settings.recompute != "none" else {})}
 
 
 # ----------------------------------------------------------------------------- the loop over epochs

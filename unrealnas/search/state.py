@@ -66,7 +66,7 @@ def search_run_id(cfg: DictConfig) -> str:
     if is_sampled(cfg.search.method):
         return sampled_run_id(cfg)
     s = OmegaConf.to_container(cfg.search, resolve=True)
-    for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph"):
+    for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph", "recompute"):
         s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]

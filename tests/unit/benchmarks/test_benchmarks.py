@@ -69,6 +69,25 @@ def test_search_benchmark_rows_side_by_side_with_ratios():
         search_bench.run_search_benchmark(cfg, ["darts"], steps=1, warmup=0, seeds=[0])
 
 
+def test_recompute_rows_side_by_side_with_memory():
+    """recompute=none,cell: a cell row beside each none row, fewer MiB saved per seed, more ops, ops_vs_none."""
+    rows = search_bench.run_search_benchmark(compose_config(TINY), ["darts"], steps=1, warmup=0,
+                                             supernets=["per_edge", "fused"], seeds=[1, 2], recomputes=["none", "cell"])
+    assert [(r["engine"], r["seeds"], r["recompute"]) for r in rows] == [
+        ("per_edge", 1, "none"), ("engine", 1, "none"), ("engine", 1, "cell"), ("engine", 2, "none"),
+        ("engine", 2, "cell")]
+    for none, cell in ((rows[1], rows[2]), (rows[3], rows[4])):
+        assert 0 < cell["saved_mib_per_seed"] < none["saved_mib_per_seed"] / 2
+        assert cell["ops_vs_none"] == pytest.approx(cell["ops_per_iter"] / none["ops_per_iter"])
+        assert cell["ops_vs_none"] > 1
+        assert none["ops_vs_none"] is None and cell["peak_mib"] is None  # peak_mib: CUDA only
+    assert rows[4]["ops_vs_S1"] == pytest.approx(rows[4]["ops_per_iter"] / rows[2]["ops_per_iter"])
+    # per seed: two packed seeds keep what one does
+    assert rows[3]["saved_mib_per_seed"] == pytest.approx(rows[1]["saved_mib_per_seed"], rel=0.05)
+    with pytest.raises(ConfigError, match="recompute=layer: 'layer' is not one of none, cell"):
+        search_bench.run_search_benchmark(compose_config(TINY), ["darts"], steps=1, warmup=0, recomputes=["layer"])
+
+
 def test_engine_bench_iterations_update_weights_and_alphas():
     cfg = compose_config(TINY)
     b = search_bench.build_engine_bench(cfg, "darts", 2, torch.device("cpu"))
