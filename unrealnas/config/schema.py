@@ -169,6 +169,16 @@ class LauncherConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """How CPU work runs in every process a stage starts, whatever the launcher (issue 22)."""
+
+    # torch intra-op threads of searches and retrainings: the CPU kernels' reduction order follows
+    # the thread count, so a fixed count gives the same bytes locally and on SLURM; 0 = follow the
+    # launcher (the local launcher's core share, OMP_NUM_THREADS = the job's cpus_per_task on SLURM)
+    threads: int = 1
+
+
+@dataclass
 class AnalysisConfig:
     """The paper's Fig. 1 analyses (``unrealnas analyze difficulty|distinguishability``)."""
 
@@ -198,6 +208,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: str = "text"  # output format of inspection commands: text | json
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR: timestamped progress lines on stderr

@@ -61,7 +61,7 @@ from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
-from unrealnas.runtime import autocast_for, provenance, resolve_device
+from unrealnas.runtime import apply_threads, autocast_for, provenance, resolve_device, threads_of
 from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
     FAULT_ENV,
@@ -629,6 +629,7 @@ def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 def run_seeds(cfg: DictConfig, seeds: Sequence[int], say: Callable[[str], None]) -> list[Path]:
     """Run (or resume, or skip the finished ones of) the searches of ``seeds`` in one process; their run dirs."""
+    apply_threads(threads_of(cfg))  # before any tensor work: the reduction order follows the thread count
     device = resolve_device(cfg.device)
     use_cuda_graph(str(cfg.search.cuda_graph), device, str(cfg.search.method))  # a bad value fails now
     if len(seeds) > 1 and cfg.search.supernet == "per_edge":
