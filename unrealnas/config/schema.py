@@ -155,6 +155,9 @@ class LauncherConfig:
     cpus_per_task: int = 8
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
+    # tasks per job array at most; null = the cluster's MaxArraySize (scontrol show config). A stage
+    # with more tasks is submitted as several arrays, and the next stage depends on all of them
+    max_array_size: Optional[int] = None
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
     pack_seeds: Optional[int] = None  # seeds per search task (packed, seeds=[...]); null = 5 with a GPU, 1 on CPU
     folder: str = "${paths.runs}/slurm"
