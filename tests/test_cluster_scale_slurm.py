@@ -224,3 +224,48 @@ def test_status_without_accounting_reads_the_queue_and_the_outcome_files(no_acco
     # Now the retrain stage can never run (SLURM kills it or says DependencyNeverSatisfied): failed.
     _wait_for(lambda: states()[("search", "slow1")] == "failed" and states()[("train", "run00000")] == "failed")
     assert sorted(states().values()) == ["done", "done", "failed", "failed", "failed", "failed"]
+
+
+# ---- the same bytes on every launcher ------------------------------------------------------------------
+
+
+def _pipeline(root: Path, *extra: str) -> int:
+    from tests.test_pipeline import TINY
+    from unrealnas import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(cli.VERBS, "pipeline", ("unrealnas.pipeline", "cmd_pipeline", "run an experiment"))
+        return cli.main(["pipeline", "+experiment=smoke", *TINY, f"paths.runs={root / 'runs'}",
+                         f"paths.data={root / 'data'}", *extra])
+
+
+def _genotypes(runs: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in (runs / "search").glob("*/genotype.json")}
+
+
+def test_the_smoke_pipeline_gives_the_same_bytes_locally_and_on_slurm(cluster, tmp_path, monkeypatch):
+    # As from a login shell: no OMP_NUM_THREADS, so each job's torch would take its 4 allocated CPUs.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert _pipeline(tmp_path / "local", "launcher=local") == 0
+    assert _pipeline(tmp_path / "slurm", "launcher=slurm", "launcher.cpus_per_task=4", "launcher.time_min=15",
+                     "launcher.array_parallelism=8", "--wait") == 0
+    local, slurm = tmp_path / "local" / "runs", tmp_path / "slurm" / "runs"
+    for name in ("table.csv", "table.md"):
+        assert (slurm / "tables" / "smoke" / name).read_bytes() == (local / "tables" / "smoke" / name).read_bytes()
+    assert _genotypes(slurm) == _genotypes(local) and len(_genotypes(local)) == 4
+    provenance = [json.loads(p.read_text()) for p in (slurm / "search").glob("*/provenance.json")]
+    assert provenance and all(p["threads"] == 1 and p["slurm"] for p in provenance), provenance
+    trained = [json.loads(p.read_text()) for p in (slurm / "train").glob("*/result.json")]
+    assert len(trained) == 4 and all(r["threads"] == 1 and r["slurm_job_id"] for r in trained)
+    # runtime.threads=0 follows the launcher: the job's 4 CPUs, recorded as such.
+    from tests.test_pipeline import TINY
+
+    run_dir = tmp_path / "follow" / "runs"
+    overrides = ["search=darts", "preset=smoke", *TINY[:-2], "runtime.threads=0", f"paths.runs={run_dir}",
+                 f"paths.data={tmp_path / 'slurm' / 'data'}", "data.num_classes=10"]
+    (job,) = submit_array([Task("search", overrides, run_dir=tmp_path / "follow" / "x")],
+                          _launcher(tmp_path / "follow", cpus_per_task=4), "search")
+    wait_all([job], timeout_s=240, poll_s=1)
+    (prov,) = (run_dir / "search").glob("*/provenance.json")
+    # torch takes OMP_NUM_THREADS = the job's 4 CPUs, capped at the cores it sees (2 on the test VM): not 1
+    assert json.loads(prov.read_text())["threads"] > 1
