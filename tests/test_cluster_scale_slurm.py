@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -157,6 +158,34 @@ def test_a_250_task_sweep_at_max_array_size_100(cluster, tmp_path):
         proc = subprocess.run(["sbatch", "--array=0-249", "--wrap", "true"], capture_output=True, text=True)
         assert proc.returncode != 0 and "array" in proc.stderr.lower(), proc.stderr
     _split_sweep(tmp_path, 250, 100, timeout_s=600)
+
+
+@pytest.mark.slow
+def test_a_1000_task_sweep_is_submitted_and_reported_in_seconds(cluster, tmp_path, capsys):
+    """The submitting side at scale: planning + submission time, its memory, status on the finished sweep."""
+    import tracemalloc
+
+    launcher = _launcher(tmp_path, array_parallelism=8)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    tasks = _tasks(tmp_path, 1000)
+    jobs = submit_array(tasks, launcher, "search")
+    submit_s = time.perf_counter() - t0
+    peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    assert len(jobs) == 1000
+    states = wait_all(jobs, timeout_s=1800, poll_s=5)
+    assert set(states) == {"COMPLETED"}, sorted(set(states))
+    t0 = time.perf_counter()
+    report = status(tmp_path / "runs")
+    status_s = time.perf_counter() - t0
+    assert {t.state for t in report.tasks} == {"done"} and len(report.tasks) == 1000
+    with capsys.disabled():
+        print(f"\n1000 tasks: plan+submit {submit_s:.2f} s ({len(_records(tmp_path, 'search'))} arrays), "
+              f"peak Python heap of the submission {peak_mb:.1f} MiB, status on the finished sweep {status_s:.2f} s, "
+              f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    # The issue's targets, with room for a loaded 2-core test machine.
+    assert submit_s < 30 and status_s < 6, (submit_s, status_s)
 
 
 # ---- no accounting ---------------------------------------------------------------------------------------
