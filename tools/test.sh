@@ -20,5 +20,5 @@ if [[ "${UNREALNAS_SKIP_SLURM:-0}" != 1 ]]; then
     started=1
   fi
   trap '[[ $started == 1 ]] && slurm/test-cluster/stop.sh' EXIT
-  "$PY" -m pytest -q -m slurm "$@"
+  "$PY" -m pytest -q -m "slurm and not slow" "$@"  # the big sweeps: -m "slurm and slow"
 fi

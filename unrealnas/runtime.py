@@ -8,6 +8,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,6 +62,21 @@ def use_channels_last(device: torch.device, setting: str) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
+def apply_threads(threads: int) -> int:
+    """Fix torch's intra-op thread count (``runtime.threads``; 0 keeps the launcher's); return the count in use."""
+    if threads < 0:
+        raise ConfigError(f"config: runtime.threads={threads} is invalid: use 1 or more (0 = follow the launcher)")
+    if threads > 0 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def threads_of(cfg: Any) -> int:
+    """``cfg.runtime.threads`` (1 where a config predates the key)."""
+    runtime = cfg.get("runtime") if hasattr(cfg, "get") else None
+    return 1 if runtime is None else int(runtime.get("threads", 1))
+
+
 def git_sha() -> str | None:
     """The code version: the git commit of the package's checkout, if it is one."""
     try:
@@ -72,8 +88,9 @@ def git_sha() -> str | None:
 
 
 def provenance(precision: str | None = None) -> dict:
-    """What a run directory records about how it was made: command, code version, SLURM ids, precision."""
+    """What a run directory records about how it was made: command, code version, SLURM ids, precision, threads."""
     slurm = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID",
                                        "SLURM_RESTART_COUNT", "SLURM_JOB_NODELIST") if k in os.environ}
     return {"command": shlex.join(sys.argv), "git_sha": git_sha(), "slurm": slurm or None,
-            "torch": torch.__version__, "host": os.uname().nodename, "precision": precision}
+            "torch": torch.__version__, "host": os.uname().nodename, "precision": precision,
+            "threads": torch.get_num_threads()}

@@ -13,7 +13,8 @@
 # Idempotent: a cluster that is already up with the same config is left alone. Every daemon this
 # script starts gets a pid file in $CLUSTER_DIR/run/, and stop.sh stops exactly those.
 # Environment: CLUSTER_DIR (default /tmp/unrealnas-slurm), NODE_CPUS (task slots, default 8),
-# REAL_MEMORY_MB (default: 80% of MemTotal, at most 20000), DBD_PORT (6819), READY_TIMEOUT (60 s).
+# REAL_MEMORY_MB (default: 80% of MemTotal, at most 20000), DBD_PORT (6819), READY_TIMEOUT (60 s),
+# MAX_ARRAY_SIZE (default 1001, SLURM's default; e.g. 100 to test arrays split at the limit).
 # Clients read /etc/slurm/slurm.conf (written when absent or written by this kit), otherwise
 # `export SLURM_CONF=$CLUSTER_DIR/etc/slurm.conf`.
 set -euo pipefail
@@ -21,6 +22,7 @@ set -euo pipefail
 KIT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER_DIR=${CLUSTER_DIR:-/tmp/unrealnas-slurm}
 NODE_CPUS=${NODE_CPUS:-8}
+MAX_ARRAY_SIZE=${MAX_ARRAY_SIZE:-1001}
 DBD_PORT=${DBD_PORT:-6819}
 READY_TIMEOUT=${READY_TIMEOUT:-60}
 DB_NAME=unrealnas_slurm_acct
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [[ "$NODES" =~ ^[1-9]$ ]] || die "--nodes $NODES: use a node count from 1 to 9"
+[[ "$MAX_ARRAY_SIZE" =~ ^[1-9][0-9]*$ ]] || die "MAX_ARRAY_SIZE=$MAX_ARRAY_SIZE: use a positive whole number (SLURM's default 1001)"
 
 [ "$(id -u)" = 0 ] || die "run as root (slurmd switches to each job owner's uid): sudo $0 $*"
 
@@ -118,7 +121,7 @@ fi
 if [ "$WANT_DBD" = 1 ]; then ACCT=accounting_storage/slurmdbd; else ACCT=accounting_storage/none; fi
 sed -e "s|@CLUSTER_DIR@|$CLUSTER_DIR|g" -e "s|@NODE_CPUS@|$NODE_CPUS|g" \
     -e "s|@REAL_MEMORY_MB@|$REAL_MEMORY_MB|g" -e "s|@ACCOUNTING_STORAGE_TYPE@|$ACCT|g" \
-    -e "s|@DBD_PORT@|$DBD_PORT|g" "$KIT/slurm.conf.in" > "$ETC/slurm.conf.new"
+    -e "s|@DBD_PORT@|$DBD_PORT|g" -e "s|@MAX_ARRAY_SIZE@|$MAX_ARRAY_SIZE|g" "$KIT/slurm.conf.in" > "$ETC/slurm.conf.new"
 CONF_CHANGED=0
 if ! cmp -s "$ETC/slurm.conf.new" "$ETC/slurm.conf"; then CONF_CHANGED=1; fi
 if [ "$NODES" -gt 1 ]; then

@@ -209,6 +209,9 @@ class LauncherConfig:
     cpus_per_task: int = 8
     mem_gb: Optional[int] = None
     array_parallelism: int = 64
+    # tasks per job array at most; null = the cluster's MaxArraySize (scontrol show config). A stage
+    # with more tasks is submitted as several arrays, and the next stage depends on all of them
+    max_array_size: Optional[int] = None
     local_workers: int = 1  # launcher=local: tasks of an array run this many at a time (CPU cores split evenly)
     pack_seeds: Optional[str] = None  # seeds per search task (packed, seeds=[...]): N | auto (as many as the card's memory holds) | null = 5 with a GPU, 1 on CPU
     gpu_mem_gb: Optional[float] = None  # pack_seeds=auto or a pack check where no GPU is visible (a login node): GB of the search jobs' card; null = the visible GPU's free memory
@@ -221,6 +224,16 @@ class LauncherConfig:
     mail_type: Optional[str] = None  # sbatch --mail-type (e.g. END,FAIL)
     mail_user: Optional[str] = None  # sbatch --mail-user
     extra: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_additional_parameters
+
+
+@dataclass
+class RuntimeConfig:
+    """How CPU work runs in every process a stage starts, whatever the launcher (issue 22)."""
+
+    # torch intra-op threads of searches and retrainings: the CPU kernels' reduction order follows
+    # the thread count, so a fixed count gives the same bytes locally and on SLURM; 0 = follow the
+    # launcher (the local launcher's core share, OMP_NUM_THREADS = the job's cpus_per_task on SLURM)
+    threads: int = 1
 
 
 @dataclass
@@ -253,6 +266,7 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     genotype: Optional[str] = None  # genotype.json or a search run directory (retrain, describe)
     format: OutputFormat = OutputFormat.text  # output format of inspection commands: text | json
     log_level: str = "INFO"  # DEBUG | INFO | WARNING | ERROR: timestamped progress lines on stderr

@@ -196,14 +196,70 @@ def make_executor(launcher_cfg: Any, folder: Path, name: str, dependency: str | 
     return executor
 
 
-def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: str | None) -> list[Any]:
+def _scontrol_config() -> dict[str, str]:
+    """``scontrol show config`` as {key: value}; empty when scontrol is missing or fails."""
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _max_submit_jobs() -> int | None:
+    """This user's MaxSubmitJobs (association limit, sacctmgr); None when unlimited or unknown (no accounting)."""
+    if shutil.which("sacctmgr") is None:
+        return None
+    import getpass
+
+    try:
+        proc = subprocess.run(["sacctmgr", "--noheader", "--parsable2", "show", "assoc",
+                               f"where user={getpass.getuser()}", "format=MaxSubmitJobs"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    limits = [int(v) for v in proc.stdout.split() if v.strip().isdigit()] if proc.returncode == 0 else []
+    return min(limits) if limits else None
+
+
+def _queued_jobs() -> int:
+    """This user's jobs in the queue, one per array task (what MaxSubmitJobs counts)."""
+    proc = subprocess.run(["squeue", "--noheader", "--array", "--me", "--format=%i"], capture_output=True,
+                          text=True, timeout=60)
+    return len(proc.stdout.split()) if proc.returncode == 0 else 0
+
+
+def array_size_limit(launcher_cfg: Any) -> int:
+    """Tasks per array at most: ``launcher.max_array_size``, capped by the cluster's MaxArraySize.
+
+    SLURM refuses array indices >= MaxArraySize (default 1001), and submitit numbers an array's
+    tasks from 0, so an array holds at most MaxArraySize tasks.
+    """
+    override = _get(launcher_cfg, "max_array_size")
+    if override is not None and int(override) < 1:
+        raise ConfigError(f"config: launcher.max_array_size={override} is invalid: use 1 or more, "
+                          "or null for the cluster's MaxArraySize")
+    value = _scontrol_config().get("MaxArraySize", "")
+    cluster = int(value) if value.isdigit() and int(value) > 0 else 1001
+    return min(cluster, int(override)) if override is not None else cluster
+
+
+def split_for_arrays(tasks: Sequence[Task], limit: int) -> list[list[Task]]:
+    """``tasks`` in consecutive parts of at most ``limit`` tasks, one job array each."""
+    tasks = list(tasks)
+    return [tasks[i:i + limit] for i in range(0, len(tasks), limit)]
+
+
+def _submit_one_array(tasks: list[Task], launcher_cfg: Any, base: Path, name: str, dependency: str | None,
+                      part: tuple[int, int]) -> list[Any]:
     import submitit
 
     from unrealnas.launch.runner import TaskRunner
 
-    check_slurm()
-    base = Path(str(_get(launcher_cfg, "folder", "runs/slurm"))).expanduser().absolute() / name
-    base.mkdir(parents=True, exist_ok=True)
     # One folder per array: <folder>/<name>/<array id>/ holds its logs, pickles and tasks.json.
     executor = make_executor(launcher_cfg, base / "%A", name, dependency)
     try:
@@ -220,10 +276,42 @@ def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: s
                                   outcome_path(paths.folder, str(job.job_id))))
     write_record(jobs[0].paths.folder, {
         "launcher": "slurm", "name": name, "job_id": array_id, "submitted_at": time.time(),
-        "dependency": dependency, "tasks": entries,
+        "dependency": dependency, "part": part[0], "parts": part[1], "tasks": entries,
     })
     after = f", {dependency}" if dependency else ""
-    _say(f"{name}: submitted array {array_id} ({len(jobs)} task(s)){after}; logs in {jobs[0].paths.folder}")
+    of = f" (part {part[0] + 1} of {part[1]})" if part[1] > 1 else ""
+    _say(f"{name}: submitted array {array_id}{of} ({len(jobs)} task(s)){after}; logs in {jobs[0].paths.folder}")
+    return jobs
+
+
+def _submit_slurm(tasks: list[Task], launcher_cfg: Any, name: str, dependency: str | None) -> list[Any]:
+    check_slurm()
+    limit = array_size_limit(launcher_cfg)
+    max_jobs = _max_submit_jobs()
+    if max_jobs is not None:
+        queued = _queued_jobs()
+        if queued + len(tasks) > max_jobs:
+            raise UserError(f"the {name!r} stage has {len(tasks)} task(s) and {queued} job(s) are queued, but "
+                            f"MaxSubmitJobs is {max_jobs}: split the sweep or wait for queued jobs to finish")
+    base = Path(str(_get(launcher_cfg, "folder", "runs/slurm"))).expanduser().absolute() / name
+    base.mkdir(parents=True, exist_ok=True)
+    parts = split_for_arrays(tasks, limit)
+    if len(parts) > 1:
+        _say(f"{name}: {len(tasks)} task(s) > {limit} per array (MaxArraySize / launcher.max_array_size): "
+             f"{len(parts)} arrays, each with the same dependency")
+    jobs: list[Any] = []
+    for k, part in enumerate(parts):
+        # Every part gets the same dependency; the next stage's Dependency names every part's array id.
+        try:
+            jobs.extend(_submit_one_array(part, launcher_cfg, base, name, dependency, (k, len(parts))))
+        except UserError as e:
+            if not jobs:
+                raise
+            # A stage is all of its parts: do not leave the earlier parts running without the rest.
+            ids = sorted({str(j.job_id).split("_", 1)[0] for j in jobs})
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
+            raise UserError(f"{e}; cancelled the {len(ids)} array(s) of this stage already queued "
+                            f"({', '.join(ids)})") from e
     return jobs
 
 

@@ -63,7 +63,7 @@ from unrealnas.nas.genotype import UNDECIDED
 from unrealnas.nas.supernet import CELL_TYPES, SuperNet
 from unrealnas.observe import RunBoard, bar
 from unrealnas.rundir import CONFIG_FILE, METRICS_FILE, PROVENANCE_FILE, RESULT_FILE, is_complete
-from unrealnas.runtime import autocast, autocast_dtype, provenance, resolve_device
+from unrealnas.runtime import apply_threads, autocast, autocast_dtype, provenance, resolve_device, threads_of
 from unrealnas.search.graphs import graph_off_reason, use_cuda_graph
 from unrealnas.search.state import (
     FAULT_ENV,
@@ -630,6 +630,7 @@ def seed_config(cfg: DictConfig, seed: int) -> DictConfig:
 
 def run_seeds(cfg: DictConfig, seeds: Sequence[int], say: Callable[[str], None]) -> list[Path]:
     """Run (or resume, or skip the finished ones of) the searches of ``seeds`` in one process; their run dirs."""
+    apply_threads(threads_of(cfg))  # before any tensor work: the reduction order follows the thread count
     device = resolve_device(cfg.device)
     use_cuda_graph(str(cfg.search.cuda_graph), device, str(cfg.search.method))  # a bad value fails now
     if len(seeds) > 1 and cfg.search.supernet == "per_edge":

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from unrealnas.config.methods import method as method_facts
 from unrealnas.rundir import is_complete
+from unrealnas.runtime import apply_threads, threads_of
 from unrealnas.search.engine import packed_seeds, run_seeds
 from unrealnas.search.random import is_sampled, run_sampled
 from unrealnas.search.state import search_run_dir
@@ -25,6 +26,7 @@ def run_search(cfg: DictConfig, progress: Callable[[str], None] | None = None) -
     """Run (or resume, or skip if finished) the search ``cfg`` describes; returns its run directory
     (with ``seeds=[...]``: the first seed's)."""
     say = progress or (lambda _m: None)
+    apply_threads(threads_of(cfg))  # before any tensor work: the reduction order follows the thread count
     if is_sampled(cfg.search.method):  # the random baseline: no dataset, no supernet
         run_dir = search_run_dir(cfg)
         if is_complete(run_dir):

@@ -37,7 +37,7 @@ from unrealnas.lock import AlreadyRunning, folder_lock
 from unrealnas.models import build_network, count_flops_m, count_params_m
 from unrealnas.nas.genotype import KNOWN_GENOTYPES, Genotype
 from unrealnas.rundir import CHECKPOINT_FILE, CONFIG_FILE, GENOTYPE_FILE, RESULT_FILE, TRAIN, run_path
-from unrealnas.runtime import autocast_dtype, precision_name
+from unrealnas.runtime import apply_threads, autocast_dtype, precision_name, threads_of
 from unrealnas.train.graphed import train_cuda_graph_off
 from unrealnas.train.loop import FitResult, LoopOptions, fit
 from unrealnas.train.metrics import best_on_valid
@@ -208,13 +208,15 @@ def _result(cfg: DictConfig, source: GenotypeSource, status: str, run_id: str, *
             "train_seed": int(cfg.seed), "run_id": run_id, "genotype": source.path or source.name,
             "preset": str(cfg.preset), "git_sha": _git_sha(), "command": " ".join(sys.argv),
             "host": socket.gethostname(), "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"), **extra}
+            "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+            "threads": torch.get_num_threads(), **extra}
 
 
 def run_retrain(cfg: DictConfig, progress: Callable[[str], None] | None = None,
                 stop_after: int | None = None) -> Path:
     """Retrain (or resume, or skip if finished) the configured genotype on ``cfg.train.target``; return the run dir."""
     say = progress or (lambda _m: None)
+    apply_threads(threads_of(cfg))  # before any tensor work: the reduction order follows the thread count
     check_train_config(cfg.train)
     source = resolve_genotype(cfg.genotype)
     run_dir = run_path(cfg.paths.runs, TRAIN, run_id_for(cfg, source))
