@@ -78,7 +78,7 @@ def check_sweep_keys(verb: str, overrides: Sequence[str]) -> list[str]:
 
 def plan_multirun(verb: str, spec: str, args: Sequence[str]) -> tuple[list[Any], Any]:
     """The tasks of ``unrealnas <verb> -m <args>`` and the launcher config that runs them."""
-    from unrealnas.config import compose_config
+    from unrealnas.config.compose import compose_configs
     from unrealnas.launch import Task
     from unrealnas.launch.stages import quote_override, task_overrides
     from unrealnas.launch.task import run_dir_of
@@ -89,8 +89,9 @@ def plan_multirun(verb: str, spec: str, args: Sequence[str]) -> tuple[list[Any],
     swept = set(check_sweep_keys(verb, overrides))
     combos = expand_sweep(overrides)
     tasks, launcher = [], None
-    for combo in combos:
-        cfg = compose_config(combo)  # every combination, before anything is submitted (as BasicSweeper does)
+    # every combination, before anything is submitted (as BasicSweeper does); one Hydra composition per
+    # set of group choices, so a sweep of 10,000 seeds composes once
+    for combo, cfg in zip(combos, compose_configs(combos), strict=True):
         if launcher is None:
             launcher = cfg.launcher
         # Absolute paths: an array task may start in another working directory than this command.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,10 +37,76 @@ def conf_dir() -> Path:
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool = True) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra overrides; wrong keys, types or values raise ConfigError."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = _hydra_compose(overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_one_line(e)) from e
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+def compose_configs(combos: Sequence[Sequence[str]], validate: bool = True) -> list[DictConfig]:
+    """:func:`compose_config` of every combination of a sweep, each composed by Hydra at most once per
+    set of group choices.
+
+    Hydra composes the defaults (config groups, ``+``/``~`` overrides) first and then sets each plain
+    ``key=value`` override on the result (``OmegaConf.update``, struct mode). So combinations that
+    differ only in plain values (``seed=0..9999``) share one composition, copied and given their values
+    the way Hydra gives them; a combination that fails that way is composed in full for its exact error.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from unrealnas.config.overrides import refuse_hydra_overrides
+
+    parser = OverridesParser.create()
+    groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
+    bases: dict[tuple[str, ...], DictConfig | None] = {}
+    out = []
+    for combo in combos:
+        refuse_hydra_overrides(combo)
+        try:
+            parsed = parser.parse_overrides(list(combo))
+        except HydraException:
+            out.append(compose_config(combo, validate))  # raises the one-line syntax error
+            continue
+        plain = [o for o in parsed if not (o.is_add() or o.is_force_add() or o.is_delete())
+                 and o.package is None and o.key_or_group not in groups]
+        structural = tuple(o.input_line for o in parsed if o not in plain)
+        if structural not in bases:
+            try:
+                bases[structural] = _hydra_compose(structural)
+            except (HydraException, OmegaConfBaseException):
+                bases[structural] = None  # every combination on it gets the full path's error
+        base = bases[structural]
+        cfg = None
+        if base is not None:
+            cfg = copy.deepcopy(base)
+            try:
+                for o in plain:
+                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+                OmegaConf.resolve(cfg)
+            except (HydraException, OmegaConfBaseException):
+                cfg = None
+        if cfg is None:
+            out.append(compose_config(combo, validate))
+            continue
+        if validate:
+            validate_config(cfg)
+        out.append(cfg)
+    return out
+
+
+def _hydra_compose(overrides: Sequence[str]) -> DictConfig:
+    """Hydra's composition of ``conf/config.yaml`` with ``overrides``, unresolved and unvalidated."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from unrealnas.config.overrides import refuse_hydra_overrides
     from unrealnas.config.schema import register_schemas
@@ -48,15 +116,9 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool =
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=list(overrides))
-        OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_one_line(e)) from e
+            return compose(config_name="config", overrides=list(overrides))
     finally:
         GlobalHydra.instance().clear()
-    if validate:
-        validate_config(cfg)
-    return cfg
 
 
 _INVALID_CHOICE = re.compile(r"^Invalid value '(?P<value>.*)', expected one of \[(?P<choices>.*)\]$")

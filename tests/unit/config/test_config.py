@@ -70,3 +70,27 @@ def test_the_method_table_answers_every_stage():
     assert len(pack_search_tasks(["search=random"], [0, 1, 2], dirs, "g", 5, "random")) == 3  # never packed
     assert len(pack_search_tasks(["search=darts2"], [0, 1, 2], dirs, "g", 5, "darts2")) == 1
     assert len(pack_search_tasks(["search=rlnas"], [0, 1, 2], dirs, "g", 5, "rlnas")) == 3  # its own loop: never packed
+
+
+def test_a_sweep_composes_once_per_group_choice_and_equals_one_by_one(monkeypatch):
+    """compose_configs: the same configs (and errors) as compose_config, one Hydra composition per group set."""
+    from omegaconf import OmegaConf
+
+    from unrealnas.config import compose as compose_mod
+
+    combos = [["search=darts", f"seed={s}", "data=rlrn", "data.num_classes=10", "preset=smoke"] for s in range(4)]
+    combos += [["search=sgas_c1", "seed=4", "+experiment=smoke", "search.amp=bf16", "paths.runs=/x/y"],
+               ["train=cifar100", "train.epochs=3", "data.label=rotation", "data=digits"]]
+    calls = []
+    real = compose_mod._hydra_compose
+    monkeypatch.setattr(compose_mod, "_hydra_compose", lambda ovs: calls.append(tuple(ovs)) or real(ovs))
+    fast = compose_mod.compose_configs(combos)
+    assert len(calls) == 3  # the four seeds share one composition
+    monkeypatch.setattr(compose_mod, "_hydra_compose", real)
+    for combo, cfg in zip(combos, fast, strict=True):
+        full = compose_mod.compose_config(combo)
+        assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(full) and OmegaConf.is_struct(cfg)
+    for bad, needle in ((["seed=abc"], "could not be converted"), (["search.amp=fp8"], "choose one of auto"),
+                        (["nope=1"], "not in 'Config'")):
+        with pytest.raises(ConfigError, match=needle):
+            compose_mod.compose_configs([bad])
