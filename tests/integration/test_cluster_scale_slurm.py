@@ -260,10 +260,10 @@ def test_status_without_accounting_reads_the_queue_and_the_outcome_files(no_acco
 
 def _pipeline(root: Path, *extra: str) -> int:
     from tests.unit.pipeline.test_pipeline import TINY
-    from unrealnas import cli
+    from unrealnas.cli import main as cli
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(cli.VERBS, "pipeline", ("unrealnas.pipeline", "cmd_pipeline", "run an experiment"))
+        mp.setitem(cli.VERBS, "pipeline", ("unrealnas.cli.pipeline", "cmd_pipeline", "run an experiment"))
         return cli.main(["pipeline", "+experiment=smoke", *TINY, f"paths.runs={root / 'runs'}",
                          f"paths.data={root / 'data'}", *extra])
 

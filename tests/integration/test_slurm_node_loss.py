@@ -1,9 +1,14 @@
 """A node lost mid-search on the two-node test cluster (issue 22, item 3): ``pytest -m slurm tests/test_slurm_node_loss.py``.
 
-The node running a search task is set DOWN (``scontrol update NodeName=... State=DOWN``) after the
-search has checkpointed: SLURM kills the job and requeues it (batch jobs are requeueable by default,
-JobRequeue=1), it starts again on the other node, resumes from the run directory's checkpoint and ends
-with the alphas of an uninterrupted search. The node is resumed afterwards.
+The node running a search task loses power after the search has checkpointed: every process of its
+network namespace (its slurmd, the job step, the task) is SIGKILLed at once, and the node is set DOWN
+(``scontrol update NodeName=... State=DOWN``), as an operator or the controller's health check would.
+SLURM requeues the job (batch jobs are requeueable, JobRequeue=1), it starts again on the other node,
+resumes from the run directory's checkpoint and ends with the alphas of an uninterrupted search. The
+node's slurmd is started again (start.sh) and the node resumed afterwards.
+
+Setting a node DOWN while its slurmd lives is not a node loss: with ReturnToService=2 the slurmd
+re-registers at once and the requeued job can be placed beside its still-running first copy.
 """
 
 from __future__ import annotations
@@ -19,13 +24,9 @@ from omegaconf import OmegaConf
 from tests.integration.test_slurm_multinode import NODES, two_nodes  # noqa: F401  (the fixture)
 from unrealnas.launch import Task, status, submit_array
 
-# Not working yet (2026-12-08): with ReturnToService=2 the DOWN node's live slurmd re-registers at
-# once, SLURM gives the requeued job the same node 6 s later while the first copy still runs there,
-# the launch fails ("Duplicate jobid"), the node drains and the job stays "launch failed requeued
-# held". Slow so that CI's SLURM stage does not wait for it; see docs/reliability.md.
-pytestmark = [pytest.mark.slurm, pytest.mark.slow,
-              pytest.mark.xfail(reason="node loss not handled yet: requeued job held (issue 22, item 3)",
-                                strict=False)]
+# Slow: two-node cluster start, an uninterrupted search and the requeued one (minutes on 2 cores).
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+KIT = Path(__file__).resolve().parents[2] / "slurm" / "test-cluster"
 
 TINY = ["preset=smoke", "search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
         "data.num_images=64", "data.num_classes=10", "search.warmup_epochs=1", "search.epochs=9",
@@ -38,9 +39,17 @@ def _squeue(job_id: str) -> tuple[str, str]:
     return state, node
 
 
-def test_a_node_set_down_mid_search_requeues_the_task_which_resumes_on_the_other_node(two_nodes, tmp_path):  # noqa: F811
+def _lose_power(node: str) -> None:
+    """Every process of ``node`` (its network namespace: slurmd, the job step, the task) dies at once."""
+    pids = subprocess.run(["ip", "netns", "pids", node], capture_output=True, text=True, check=True).stdout.split()
+    assert pids, f"nothing runs in {node}'s namespace"
+    subprocess.run(["kill", "-KILL", *pids], check=False)
+
+
+def test_a_node_lost_mid_search_requeues_the_task_which_resumes_on_the_other_node(two_nodes, tmp_path):  # noqa: F811
     from unrealnas.config import compose_config
-    from unrealnas.search.run import run_search, search_run_dir
+    from unrealnas.search.run import run_search
+    from unrealnas.search.state import search_run_dir
 
     straight = run_search(compose_config([*TINY, f"paths.data={tmp_path / 'a'}", f"paths.runs={tmp_path / 'a'}"]))
     overrides = [*TINY, f"paths.data={tmp_path / 'b'}", f"paths.runs={tmp_path / 'b'}"]
@@ -57,6 +66,7 @@ def test_a_node_set_down_mid_search_requeues_the_task_which_resumes_on_the_other
     state, node = _squeue(str(job.job_id))
     assert state == "RUNNING" and node in NODES, (state, node)
     try:
+        _lose_power(node)
         subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=issue22-node-lost"],
                        check=True)
         seen = set()
@@ -64,8 +74,9 @@ def test_a_node_set_down_mid_search_requeues_the_task_which_resumes_on_the_other
             assert time.time() < deadline + 300, f"not finished after the node loss; status states seen: {seen}"
             seen |= {t.state for t in status(tmp_path / "b").tasks}
             time.sleep(0.5)
-    finally:
-        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=True)
+    finally:  # the node comes back: its slurmd started again, then resumed
+        subprocess.run([str(KIT / "start.sh"), "--nodes", "2", "--dbd"], capture_output=True, timeout=300)
+        subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=False)
     assert "failed" not in seen, seen  # while requeued, status shows it pending/running, never failed
     prov = json.loads((run_dir / "provenance.json").read_text())
     other = next(n for n in NODES if n != node)

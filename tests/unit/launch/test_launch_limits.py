@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from unrealnas import cli
+from unrealnas.cli import main as cli
 from unrealnas.config import compose_config
 from unrealnas.errors import ConfigError
 from unrealnas.launch import Task
