@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -50,9 +50,9 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), validate: bool =
     return cfg
 
 
-def compose_configs(combos: Sequence[Sequence[str]], validate: bool = True) -> list[DictConfig]:
-    """:func:`compose_config` of every combination of a sweep, each composed by Hydra at most once per
-    set of group choices.
+def compose_configs(combos: Sequence[Sequence[str]], validate: bool = True) -> Iterator[DictConfig]:
+    """:func:`compose_config` of every combination of a sweep, one at a time (a sweep's configs are not all held),
+    each set of group choices composed by Hydra once.
 
     Hydra composes the defaults (config groups, ``+``/``~`` overrides) first and then sets each plain
     ``key=value`` override on the result (``OmegaConf.update``, struct mode). So combinations that
@@ -68,13 +68,12 @@ def compose_configs(combos: Sequence[Sequence[str]], validate: bool = True) -> l
     parser = OverridesParser.create()
     groups = {p.name for p in conf_dir().iterdir() if p.is_dir()}
     bases: dict[tuple[str, ...], DictConfig | None] = {}
-    out = []
     for combo in combos:
         refuse_hydra_overrides(combo)
         try:
             parsed = parser.parse_overrides(list(combo))
         except HydraException:
-            out.append(compose_config(combo, validate))  # raises the one-line syntax error
+            yield compose_config(combo, validate)  # raises the one-line syntax error
             continue
         plain = [o for o in parsed if not (o.is_add() or o.is_force_add() or o.is_delete())
                  and o.package is None and o.key_or_group not in groups]
@@ -95,12 +94,11 @@ def compose_configs(combos: Sequence[Sequence[str]], validate: bool = True) -> l
             except (HydraException, OmegaConfBaseException):
                 cfg = None
         if cfg is None:
-            out.append(compose_config(combo, validate))
+            yield compose_config(combo, validate)
             continue
         if validate:
             validate_config(cfg)
-        out.append(cfg)
-    return out
+        yield cfg
 
 
 def _hydra_compose(overrides: Sequence[str]) -> DictConfig:

@@ -84,7 +84,7 @@ def test_a_sweep_composes_once_per_group_choice_and_equals_one_by_one(monkeypatc
     calls = []
     real = compose_mod._hydra_compose
     monkeypatch.setattr(compose_mod, "_hydra_compose", lambda ovs: calls.append(tuple(ovs)) or real(ovs))
-    fast = compose_mod.compose_configs(combos)
+    fast = list(compose_mod.compose_configs(combos))
     assert len(calls) == 3  # the four seeds share one composition
     monkeypatch.setattr(compose_mod, "_hydra_compose", real)
     for combo, cfg in zip(combos, fast, strict=True):
@@ -93,4 +93,4 @@ def test_a_sweep_composes_once_per_group_choice_and_equals_one_by_one(monkeypatc
     for bad, needle in ((["seed=abc"], "could not be converted"), (["search.amp=fp8"], "choose one of auto"),
                         (["nope=1"], "not in 'Config'")):
         with pytest.raises(ConfigError, match=needle):
-            compose_mod.compose_configs([bad])
+            list(compose_mod.compose_configs([bad]))
