@@ -24,8 +24,8 @@ from omegaconf import OmegaConf
 from tests.integration.test_slurm_multinode import NODES, two_nodes  # noqa: F401  (the fixture)
 from unrealnas.launch import Task, status, submit_array
 
-# Slow: two-node cluster start, an uninterrupted search and the requeued one (minutes on 2 cores).
-pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+# In CI's SLURM stage: about 45 s (the two-node start, an uninterrupted search and the requeued one).
+pytestmark = [pytest.mark.slurm]
 KIT = Path(__file__).resolve().parents[2] / "slurm" / "test-cluster"
 
 TINY = ["preset=smoke", "search.layers=3", "search.init_channels=2", "search.resolution=8", "search.batch_size=8",
