@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 from unrealnas.atomic import append_jsonl, read_jsonl, write_bytes_atomic, write_json_atomic
 from unrealnas.checkpoint import load_checkpoint, save_checkpoint
 from unrealnas.config.compose import to_yaml
-from unrealnas.data.loaders import DeviceLoader, load_split_to_device, weight_step_images
+from unrealnas.data.loaders import DeviceLoader, weight_step_images
 from unrealnas.errors import NonFiniteError
 from unrealnas.lock import folder_lock
 from unrealnas.nas.genotype import count_skips
@@ -63,10 +63,17 @@ from unrealnas.rundir import (
     RESULT_FILE,
     is_complete,
 )
-from unrealnas.runtime import provenance, resolve_device
+from unrealnas.runtime import provenance
 from unrealnas.search.engine import seed_config
 from unrealnas.search.evolution import EvolutionSettings, EvolutionState, evolve
-from unrealnas.search.state import FAULT_ENV, _trim_metrics, ensure_dataset, resize_images, search_run_dir
+from unrealnas.search.state import (
+    FAULT_ENV,
+    _trim_metrics,
+    ensure_dataset,
+    load_search_split,
+    search_device,
+    search_run_dir,
+)
 
 PATH_STREAM = 31  # seed stream of the supernet's sampled paths
 EVOLUTION_STREAM = 32  # seed stream of the evolutionary search
@@ -97,12 +104,8 @@ class SupernetRun:
     def __init__(self, cfg: DictConfig, run_dir: Path, data_folder: Path, say: Callable[[str], None]):
         self.cfg, self.run_dir, self.say = cfg, run_dir, say
         s = cfg.search
-        self.device = resolve_device(cfg.device)
-        if s.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
-        if s.resolution and s.resolution != data.images.shape[-1]:
-            data.images = resize_images(data.images, s.resolution)
+        self.device = search_device(cfg)
+        data = load_search_split(cfg, data_folder, self.device)
         self.manifest = data.manifest
         n = weight_step_images(len(data.labels), s.train_portion, s.num_train)
         self.loader = DeviceLoader(data.images[:n], data.labels[:n], s.batch_size, int(cfg.seed),

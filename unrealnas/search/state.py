@@ -123,21 +123,34 @@ class ValStream:
         self.epoch, self.batch, self._it = state["epoch"], state["batch"], None
 
 
+def search_device(cfg: DictConfig) -> torch.device:
+    """The search's device (``device``), with deterministic kernels when ``search.deterministic``."""
+    device = resolve_device(cfg.device)
+    if cfg.search.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def load_search_split(cfg: DictConfig, data_folder: Path, device: torch.device) -> Any:
+    """The dataset's train split on ``device``, resized to ``search.resolution`` where that differs."""
+    data = load_split_to_device(data_folder, device, verify=cfg.data.verify_on_load)
+    resolution = cfg.search.resolution
+    if resolution and resolution != data.images.shape[-1]:
+        data.images = resize_images(data.images, resolution)
+    return data
+
+
 class SearchRun:
     """The state of one search and the loop that advances it."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, data_folder: Path, progress: Callable[[str], None]):
         self.cfg, self.run_dir, self.say = cfg, run_dir, progress
         s = cfg.search
-        self.device = resolve_device(cfg.device)
-        if s.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = search_device(cfg)
         if autocast_dtype(self.device, s.amp) is None:
             allow_tf32(self.device)  # fp32 search (the default): TF32 tensor cores on CUDA
         self.precision = precision_name(self.device, autocast_dtype(self.device, s.amp))
-        data = load_split_to_device(data_folder, self.device, verify=cfg.data.verify_on_load)
-        if s.resolution and s.resolution != data.images.shape[-1]:
-            data.images = resize_images(data.images, s.resolution)
+        data = load_search_split(cfg, data_folder, self.device)
         self.manifest = data.manifest
         # rotation (UnNAS): labels made per batch from the images; otherwise the stored ones
         self.rotation = cfg.data.label == "rotation"
