@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,11 @@ def cifar_root(tmp_path_factory) -> Path:
 def smoke_overrides(tmp_path: Path, *extra: str) -> list[str]:
     """Hydra overrides for a tiny run whose data and runs stay under ``tmp_path``."""
     return ["preset=smoke", f"paths.data={tmp_path / 'datasets'}", f"paths.runs={tmp_path / 'runs'}", *extra]
+
+
+def squeue_ok() -> bool:
+    """Whether a SLURM controller answers (``squeue``): the integration tests' cluster fixtures start one if not."""
+    try:
+        return subprocess.run(["squeue", "--noheader"], capture_output=True, timeout=15).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

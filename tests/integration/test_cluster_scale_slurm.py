@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from tests.conftest import squeue_ok
 from unrealnas.launch import Task, dependency_of, format_status, status, submit_array, wait_all
 from unrealnas.launch.records import RECORD_FILE
 
@@ -66,13 +67,6 @@ def count_results(overrides: list[str]) -> Path:
 # ---- fixtures ------------------------------------------------------------------------------------------
 
 
-def _squeue_ok() -> bool:
-    try:
-        return subprocess.run(["squeue", "--noheader"], capture_output=True, timeout=15).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A reachable controller: the running one, or the kit's without accounting (MaxArraySize 100), stopped after."""
@@ -80,7 +74,7 @@ def cluster():
         pytest.skip("sbatch is not installed: apt-get install -y slurm-wlm munge (see slurm/test-cluster/README.md)")
     started = False
     with pytest.MonkeyPatch.context() as mp:
-        if not _squeue_ok():
+        if not squeue_ok():
             if os.geteuid() != 0:
                 pytest.fail(f"no SLURM controller answers and starting the test cluster needs root: sudo {KIT}/start.sh")
             env = {**os.environ, "MAX_ARRAY_SIZE": os.environ.get("MAX_ARRAY_SIZE", "100")}

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from tests.conftest import squeue_ok
 from unrealnas.launch import Task, dependency_of, format_status, status, submit_array, wait_all
 from unrealnas.launch.records import RECORD_FILE
 
@@ -105,13 +106,6 @@ def every_rank(overrides: list[str]) -> Path:
 # ---- fixtures ------------------------------------------------------------------------------------------
 
 
-def _squeue_ok() -> bool:
-    try:
-        return subprocess.run(["squeue", "--noheader"], capture_output=True, timeout=15).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A reachable SLURM controller: the running one, or the kit's (started here, stopped at the end)."""
@@ -120,7 +114,7 @@ def cluster():
                     "(see slurm/test-cluster/README.md)")
     started = False
     with pytest.MonkeyPatch.context() as mp:
-        if not _squeue_ok():
+        if not squeue_ok():
             if os.geteuid() != 0:
                 pytest.fail("no SLURM controller answers and starting the test cluster needs root: "
                             f"sudo {KIT / 'start.sh'} --dbd")

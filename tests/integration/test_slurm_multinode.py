@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import squeue_ok
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,13 +30,6 @@ NODES = ("unas-n1", "unas-n2")  # common.sh: NET_PREFIX-n<i>
 RETRAIN = ["train=digits", "preset=smoke", "genotype=DARTS_V2", "device=cpu", "train.epochs=5"]
 
 
-def _squeue_ok() -> bool:
-    try:
-        return subprocess.run(["squeue", "-h"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.fixture(scope="module")
 def two_nodes():
     """The kit's cluster with two namespaced nodes; afterwards back to one node (if it ran) or stopped."""
@@ -42,7 +37,7 @@ def two_nodes():
         pytest.skip("sbatch is not installed (see slurm/test-cluster/README.md)")
     if os.geteuid() != 0 or shutil.which("nsenter") is None or shutil.which("ip") is None:
         pytest.skip("a two-node test cluster needs root, ip and nsenter (network namespaces)")
-    was_up = _squeue_ok()
+    was_up = squeue_ok()
     proc = subprocess.run([str(KIT / "start.sh"), "--nodes", "2", "--dbd"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"start.sh --nodes 2 failed:\n{proc.stdout}\n{proc.stderr}")
