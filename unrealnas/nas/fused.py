@@ -39,6 +39,13 @@ FactorizedReduce convs get S times the groups (a packed conv's weight is already
 still covers the stack, and the weighted op sum is one batched matmul over seeds, (S, slots, rows) @
 (S, rows, N*C*H*W), each seed with its own op weights. Only the FactorizedReduce halves and a cell's
 node concat are reordered per seed (``cat_per_seed``).
+
+PC-DARTS (a cell with ``partial`` = K > 1 or edge betas): the groups above run on the first C/K
+channels of each seed's state (``C_op``), with op weights already multiplied by each edge's
+normalised beta; the other channels bypass the ops (max-pooled 2x2 on stride-2 edges) and are summed
+per node with the betas alone (one einsum per group); a node is then the per-seed channel shuffle
+(K groups) of [mixed part, bypass part]. The shuffle is a fixed permutation, so shuffling the node
+sum equals summing the shuffled edge outputs.
 """
 
 from __future__ import annotations
@@ -334,7 +341,7 @@ def cell_modules(cell: nn.Module, plan: CellPlan, seeds: int = 1) -> CellModules
     cm = plan.modules.get(cell)
     if cm is not None:
         return cm
-    C = cell.C * seeds  # channels per edge block
+    C = cell.C_op * seeds  # channels per edge block (the ops' channels: C/K with partial channels)
     per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
     kinds = (lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1]),
              lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1]),
@@ -494,13 +501,17 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor, seeds: 
 
 
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                       coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+                       coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
+                       betas: torch.Tensor | None = None) -> torch.Tensor:
     """Cell output (concat of the nodes), the math of the per-edge cell (``unrealnas.nas.per_edge``) fused.
 
     ``seeds`` > 1: ``cell`` is a packed cell of S seeds (S*C seed-major channels per tensor, see
     ``SuperNet.pack``), ``coefs`` every seed's (``CellPlan.coefficients`` of (S, edges, ops)); the output
-    concatenates the nodes per seed.
+    concatenates the nodes per seed. ``betas``: PC-DARTS's normalised edge betas ([S,] edges), the
+    cell's ops seeing ``cell.C_op`` channels (``coefs`` then already hold op weight x beta).
     """
+    if betas is not None:
+        return _partial_cell_forward(cell, plan, s0, s1, coefs, bn, seeds, betas)
     cm = cell_modules(cell, plan, seeds)
     inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C = cell.C
@@ -518,8 +529,71 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
     return cat_per_seed(states, seeds)
 
 
+def _partial_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
+                          coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int, betas: torch.Tensor) -> torch.Tensor:
+    """The PC-DARTS cell (see the module docstring): ops on C/K channels, the rest bypassed, shuffled per node."""
+    cm = cell_modules(cell, plan, seeds)
+    inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
+    C, Cp, S = cell.C, cell.C_op, seeds
+    K = C // Cp
+    weights = cell_weights(cm, Cp, seeds)
+    beta = betas.reshape(S, -1)  # (S, edges): one row per seed
+    mixed: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, Cp, H, W) per edge group
+    bypass: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, C - Cp, H, W)
+    states: list[torch.Tensor] = []
+
+    def node(i: int) -> torch.Tensor:
+        # [mixed | bypass] per seed, then the channel shuffle of K groups: channel g*Cp + c goes to c*K + g
+        both = torch.cat([_sum_parts(mixed[i]), _sum_parts(bypass[i])], dim=2)
+        n, _, _, h, w = both.shape
+        return both.view(n, S, K, Cp, h, w).transpose(2, 3).reshape(n, S * C, h, w)
+
+    for k, g in enumerate(plan.groups):
+        if k > 0:
+            states.append(node(k - 1))
+        x = inputs if k == 0 else states[-1]
+        n, _, h, w = x.shape
+        src = x.view(n, len(g.sources), S, C, h, w)
+        part = src[:, :, :, :Cp].reshape(n, -1, h, w)  # [source, seed, Cp]: the group's input layout
+        rest = src[:, :, :, Cp:]
+        if g.stride == 2 and C == Cp:  # K = 1: nothing bypasses (an empty tensor of the strided size)
+            rest = rest[..., ::2, ::2]
+        elif g.stride == 2:  # the bypassed channels of a reduction edge: 2x2 max pool (PC-DARTS MixedOp);
+            # ceil_mode: an odd size rounds up as the strided ops do (even sizes: the reference's pool)
+            rest = F.max_pool2d(rest.reshape(n, -1, h, w), 2, 2, ceil_mode=True)
+            rest = rest.view(n, len(g.sources), S, C - Cp, *rest.shape[-2:])
+        out = _group_forward(Cp, g, cm.groups[k], k, part, weights, coefs[k], bn, seeds)
+        # beta of the edge from source p to node node0 + slot, per seed: (slots, sources, S)
+        coef = beta[:, _beta_index(g, plan.nodes, beta.device)].permute(1, 2, 0).to(rest.dtype)
+        byp = torch.einsum("npsx,qps->nqsx", rest.flatten(3), coef).view(n, plan.nodes - g.node0, S, C - Cp, *rest.shape[-2:])
+        for slot in range(out.shape[1]):
+            mixed[g.node0 + slot].append(out[:, slot])
+            bypass[g.node0 + slot].append(byp[:, slot])
+    states.append(node(plan.nodes - 1))
+    return cat_per_seed(states, seeds)
+
+
+def _beta_index(g: Group, nodes: int, device: torch.device) -> torch.Tensor:
+    # (slots, sources): the edge from source p to node node0 + slot, numbered as in SearchCell (node i's
+    # edges start at i(i+3)/2); cached on the group (no host-to-device copy per forward: graph capture)
+    key = ("beta", nodes, device)
+    t = g.index.get(key)
+    if t is None:
+        idx = [[(i * (i + 3)) // 2 + j for j in g.sources] for i in range(g.node0, nodes)]
+        t = g.index[key] = torch.tensor(idx, dtype=torch.long, device=device)
+    return t
+
+
+def _sum_parts(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = parts[0]
+    for t in parts[1:]:
+        total = total + t
+    return total
+
+
 def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                              coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+                              coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
+                              betas: torch.Tensor | None = None) -> torch.Tensor:
     """``fused_cell_forward`` keeping only its inputs for backward, which runs it again (``search.recompute=cell``).
 
     Exact: the recomputation runs the same kernels on the same inputs and weights (nothing in the
@@ -532,11 +606,14 @@ def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor,
 
     def run(a: torch.Tensor, b: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
         stats = pending.pop() if pending else BatchNormStats(bn.training)  # second call: the recomputation
+        if betas is not None:  # PC-DARTS: the betas ride as the last input
+            return fused_cell_forward(cell, plan, a, b, list(c[:-1]), stats, seeds, c[-1])
         return fused_cell_forward(cell, plan, a, b, list(c), stats, seeds)
 
     # non-reentrant: works with torch.autograd.grad (every DARTS order) and checks the recomputed shapes;
     # no RNG state to restore (the supernet draws no random numbers)
-    return checkpoint(run, s0, s1, *coefs, use_reentrant=False, preserve_rng_state=False)
+    extra = () if betas is None else (betas,)
+    return checkpoint(run, s0, s1, *coefs, *extra, use_reentrant=False, preserve_rng_state=False)
 
 
 def _sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:
