@@ -257,6 +257,21 @@ class CellPlan:
         return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
 
 
+    def bypass_coefficients(self, beta: torch.Tensor) -> list[torch.Tensor]:
+        """PC-DARTS: per group the (slots, sources, S, 1) normalised betas ([S,] edges) of the edge from each
+        source to each node it feeds (the weights of the bypassed channels), one gather for the cell type."""
+        b = beta.reshape(-1, beta.shape[-1])  # (S, edges)
+        key = ("bypass", b.device)
+        idx = self.maps.get(key)
+        if idx is None:  # node i's edges start at i(i+3)/2, as SearchCell numbers them; built once (graph capture)
+            rows = [(i * (i + 3)) // 2 + j for g in self.groups for i in range(g.node0, self.nodes) for j in g.sources]
+            idx = self.maps[key] = torch.tensor(rows, dtype=torch.long, device=b.device)
+        flat = b.index_select(1, idx).t()  # (rows, S)
+        sizes = [(self.nodes - g.node0) * len(g.sources) for g in self.groups]
+        return [f.view(self.nodes - g.node0, len(g.sources), b.shape[0], 1)
+                for f, g in zip(flat.split(sizes), self.groups, strict=True)]
+
+
 def make_plan(nodes: int, reduction: bool, n_ops: int) -> CellPlan:
     """The fused layout of a cell: its edges grouped by the state they read."""
     edge_of: dict[tuple[int, int], int] = {}  # (node i, state j) -> edge, numbered as in SearchCell
@@ -502,16 +517,16 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor, seeds: 
 
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
                        coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
-                       betas: torch.Tensor | None = None) -> torch.Tensor:
+                       bypass: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Cell output (concat of the nodes), the math of the per-edge cell (``unrealnas.nas.per_edge``) fused.
 
     ``seeds`` > 1: ``cell`` is a packed cell of S seeds (S*C seed-major channels per tensor, see
     ``SuperNet.pack``), ``coefs`` every seed's (``CellPlan.coefficients`` of (S, edges, ops)); the output
-    concatenates the nodes per seed. ``betas``: PC-DARTS's normalised edge betas ([S,] edges), the
-    cell's ops seeing ``cell.C_op`` channels (``coefs`` then already hold op weight x beta).
+    concatenates the nodes per seed. ``bypass``: PC-DARTS (``CellPlan.bypass_coefficients`` of the
+    normalised betas), the cell's ops seeing ``cell.C_op`` channels (``coefs`` then hold op weight x beta).
     """
-    if betas is not None:
-        return _partial_cell_forward(cell, plan, s0, s1, coefs, bn, seeds, betas)
+    if bypass is not None:
+        return _partial_cell_forward(cell, plan, s0, s1, coefs, bn, seeds, bypass)
     cm = cell_modules(cell, plan, seeds)
     inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C = cell.C
@@ -530,23 +545,22 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
 
 
 def _partial_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                          coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int, betas: torch.Tensor) -> torch.Tensor:
+                          coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int,
+                          bypass: list[torch.Tensor]) -> torch.Tensor:
     """The PC-DARTS cell (see the module docstring): ops on C/K channels, the rest bypassed, shuffled per node."""
     cm = cell_modules(cell, plan, seeds)
     inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C, Cp, S = cell.C, cell.C_op, seeds
     K = C // Cp
     weights = cell_weights(cm, Cp, seeds)
-    beta = betas.reshape(S, -1)  # (S, edges): one row per seed
-    mixed: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, Cp, H, W) per edge group
-    bypass: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, C - Cp, H, W)
+    contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, C, H, W): [mixed | bypass]
     states: list[torch.Tensor] = []
 
     def node(i: int) -> torch.Tensor:
-        # [mixed | bypass] per seed, then the channel shuffle of K groups: channel g*Cp + c goes to c*K + g
-        both = torch.cat([_sum_parts(mixed[i]), _sum_parts(bypass[i])], dim=2)
-        n, _, _, h, w = both.shape
-        return both.view(n, S, K, Cp, h, w).transpose(2, 3).reshape(n, S * C, h, w)
+        # the channel shuffle of K groups per seed: channel g*Cp + c of [mixed | bypass] goes to c*K + g
+        total = _sum_parts(contrib[i])
+        n, _, _, h, w = total.shape
+        return total.view(n, S, K, Cp, h, w).transpose(2, 3).reshape(n, S * C, h, w)
 
     for k, g in enumerate(plan.groups):
         if k > 0:
@@ -562,26 +576,14 @@ def _partial_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1:
             # ceil_mode: an odd size rounds up as the strided ops do (even sizes: the reference's pool)
             rest = F.max_pool2d(rest.reshape(n, -1, h, w), 2, 2, ceil_mode=True)
             rest = rest.view(n, len(g.sources), S, C - Cp, *rest.shape[-2:])
-        out = _group_forward(Cp, g, cm.groups[k], k, part, weights, coefs[k], bn, seeds)
-        # beta of the edge from source p to node node0 + slot, per seed: (slots, sources, S)
-        coef = beta[:, _beta_index(g, plan.nodes, beta.device)].permute(1, 2, 0).to(rest.dtype)
-        byp = torch.einsum("npsx,qps->nqsx", rest.flatten(3), coef).view(n, plan.nodes - g.node0, S, C - Cp, *rest.shape[-2:])
-        for slot in range(out.shape[1]):
-            mixed[g.node0 + slot].append(out[:, slot])
-            bypass[g.node0 + slot].append(byp[:, slot])
+        out = _group_forward(Cp, g, cm.groups[k], k, part, weights, coefs[k], bn, seeds)  # (N, slots, S, Cp, h', w')
+        # bypass sums per node: (N, 1, sources, S, X) x (slots, sources, S, 1), summed over the sources
+        byp = (rest.flatten(3).unsqueeze(1) * bypass[k].to(rest.dtype)).sum(2)
+        both = torch.cat([out, byp.view(n, plan.nodes - g.node0, S, C - Cp, *rest.shape[-2:])], dim=3)
+        for slot, t in enumerate(both.unbind(1)):
+            contrib[g.node0 + slot].append(t)
     states.append(node(plan.nodes - 1))
     return cat_per_seed(states, seeds)
-
-
-def _beta_index(g: Group, nodes: int, device: torch.device) -> torch.Tensor:
-    # (slots, sources): the edge from source p to node node0 + slot, numbered as in SearchCell (node i's
-    # edges start at i(i+3)/2); cached on the group (no host-to-device copy per forward: graph capture)
-    key = ("beta", nodes, device)
-    t = g.index.get(key)
-    if t is None:
-        idx = [[(i * (i + 3)) // 2 + j for j in g.sources] for i in range(g.node0, nodes)]
-        t = g.index[key] = torch.tensor(idx, dtype=torch.long, device=device)
-    return t
 
 
 def _sum_parts(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -593,7 +595,7 @@ def _sum_parts(parts: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
                               coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
-                              betas: torch.Tensor | None = None) -> torch.Tensor:
+                              bypass: list[torch.Tensor] | None = None) -> torch.Tensor:
     """``fused_cell_forward`` keeping only its inputs for backward, which runs it again (``search.recompute=cell``).
 
     Exact: the recomputation runs the same kernels on the same inputs and weights (nothing in the
@@ -606,13 +608,13 @@ def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor,
 
     def run(a: torch.Tensor, b: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
         stats = pending.pop() if pending else BatchNormStats(bn.training)  # second call: the recomputation
-        if betas is not None:  # PC-DARTS: the betas ride as the last input
-            return fused_cell_forward(cell, plan, a, b, list(c[:-1]), stats, seeds, c[-1])
+        if bypass is not None:  # PC-DARTS: the bypass coefficients ride after the op coefficients
+            return fused_cell_forward(cell, plan, a, b, list(c[:len(coefs)]), stats, seeds, list(c[len(coefs):]))
         return fused_cell_forward(cell, plan, a, b, list(c), stats, seeds)
 
     # non-reentrant: works with torch.autograd.grad (every DARTS order) and checks the recomputed shapes;
     # no RNG state to restore (the supernet draws no random numbers)
-    extra = () if betas is None else (betas,)
+    extra = () if bypass is None else tuple(bypass)
     return checkpoint(run, s0, s1, *coefs, *extra, use_reentrant=False, preserve_rng_state=False)
 
 

@@ -359,6 +359,8 @@ class SuperNet(nn.Module):
             weights = (weights[0] * betas[0].unsqueeze(-1), weights[1] * betas[1].unsqueeze(-1))
         coefs = {t: self._plans[t].coefficients(w, self.training) for t, w in zip(CELL_TYPES, weights, strict=True)
                  if any(c.reduction == (t == "reduce") for c in self.cells)}
+        bypass = None if betas is None else {t: self._plans[t].bypass_coefficients(b) for t, b in
+                                             zip(CELL_TYPES, betas, strict=True) if t in coefs}
         bn = BatchNormStats(self.training)
         conv, norm = self.stem
         s0 = s1 = bn.normalize(conv(x), [[norm]], affine=norm)
@@ -370,8 +372,8 @@ class SuperNet(nn.Module):
                         else fused_cell_forward)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            beta = None if betas is None else betas[int(cell.reduction)]
-            s0, s1 = s1, cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds, beta)
+            s0, s1 = s1, cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds,
+                                      None if bypass is None else bypass[t])
         bn.flush()
         return s1
 
