@@ -169,3 +169,12 @@ def test_recompute_cell_equals_none_for_pc():
     gb = torch.autograd.grad(b(x).square().sum(), b.arch_parameters())
     for u, v in zip(ga, gb, strict=True):
         torch.testing.assert_close(u, v, rtol=0, atol=0)
+
+
+def test_channels_last_inputs_give_the_same_pc_logits():
+    """CUDA runs the search channels_last (search.channels_last=auto): the partial-channel views and slices
+    must not depend on the memory format."""
+    nets = [pc_net(s) for s in range(2)]
+    a, b = SuperNet.pack(copy.deepcopy(nets)), SuperNet.pack(nets).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 6, 8, 8)
+    torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), a(x), rtol=RTOL, atol=ATOL)
