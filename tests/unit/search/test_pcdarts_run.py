@@ -97,3 +97,15 @@ def test_pcdarts_bad_input_is_one_line(tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], (args, out.stderr)
+
+
+def test_pack_seeds_auto_measures_the_pc_supernet(tmp_path):
+    """launcher.pack_seeds=auto sizes a pcdarts search by its own supernet: a third of DARTS's activations
+    at the smoke sizes (C/4 channels through the ops), not DARTS's."""
+    from unrealnas.search.memory import seed_memory
+
+    kept = {}
+    for method in ("darts", "pcdarts"):
+        s = compose_config(smoke_overrides(tmp_path, f"search={method}", "search.batch_size=16")).search
+        kept[method] = seed_memory(s, 10, 3, 16).retained
+    assert kept["pcdarts"] < 0.5 * kept["darts"], kept
