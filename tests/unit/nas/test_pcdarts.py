@@ -178,3 +178,43 @@ def test_channels_last_inputs_give_the_same_pc_logits():
     a, b = SuperNet.pack(copy.deepcopy(nets)), SuperNet.pack(nets).to(memory_format=torch.channels_last)
     x = torch.randn(4, 6, 8, 8)
     torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), a(x), rtol=RTOL, atol=ATOL)
+
+
+def test_engine_iteration_equals_the_oracle_step():
+    """One engine iteration of two packed pcdarts seeds (Adam on alphas and betas from the validation batch,
+    then clipped SGD on the weights) equals the same step taken with the oracle's gradients and torch's
+    optimizers on each seed's own network."""
+    from unrealnas.search.engine import SearchEngine, SeedState, StepSettings
+
+    lr, arch_lr, clip = 0.1, 0.05, 5.0  # a large arch lr: the betas move visibly in one step
+    nets = [pc_net(s) for s in range(2)]
+    oracles = [copy.deepcopy(n) for n in nets]
+
+    def state(n: SuperNet) -> SeedState:
+        return SeedState(n, torch.optim.SGD(n.weight_parameters(), lr=lr, momentum=0.9, weight_decay=3e-4),
+                         torch.optim.Adam(n.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3))
+
+    engine = SearchEngine([state(n) for n in nets], StepSettings("pcdarts", clip, cuda_graph="off"),
+                          torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    train = [(torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)) for _ in nets]
+    val = [(torch.randn(6, 3, 8, 8, generator=g), torch.randint(0, 10, (6,), generator=g)) for _ in nets]
+    engine.iteration(*engine.stack(train), *engine.stack(val))
+    engine.to_runs()
+    for s, ref in enumerate(oracles):
+        st = state(ref)
+        arch = ref.arch_parameters()
+        grads = torch.autograd.grad(F.cross_entropy(oracle_net(ref, val[s][0]), val[s][1]), arch)
+        for p, gr in zip(arch, grads, strict=True):
+            p.grad = gr
+        st.arch_optimizer.step()
+        weights = ref.weight_parameters()
+        grads = torch.autograd.grad(F.cross_entropy(oracle_net(ref, train[s][0]), train[s][1]), weights)
+        for p, gr in zip(weights, grads, strict=True):
+            p.grad = gr
+        torch.nn.utils.clip_grad_norm_(weights, clip)
+        st.optimizer.step()
+        mine = dict(nets[s].named_parameters())
+        assert (ref.beta_normal - pc_net(s).beta_normal).abs().max() > 1e-3  # the step moved the betas
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(mine[name], p, rtol=RTOL, atol=ATOL, msg=name)
