@@ -18,7 +18,9 @@ batch per iteration). Rows, side by side:
   labelled as they run; bf16 rows only on CUDA unless asked for;
 - ``graph``: ``eager`` or ``graph`` (the iteration replayed as a CUDA graph; CUDA, first order only);
 - ``compile=true`` adds a fused S=1 row with the forward ``torch.compile``d;
-- ``recompute``: ``search.recompute`` of the fused rows (``recompute=none,cell``: both, side by side).
+- ``recompute``: ``search.recompute`` of the fused rows (``recompute=none,cell``: both, side by side);
+- ``methods=darts,pcdarts``: PC-DARTS (``search.pc_k``) beside DARTS at the same sizes and batch (fused
+  rows only: the per-edge reference is DARTS's).
 
 ``saved_mib_per_seed`` is the memory of activations: the bytes one training forward leaves alive for
 its backward (:func:`unrealnas.search.memory.retained_bytes`), per seed, at the row's batch; ``peak_mib`` (CUDA) the
@@ -120,7 +122,8 @@ def build_engine_bench(cfg: DictConfig, method: str, seeds: int, device: torch.d
         vals.append(ValStream(val))
         torch.manual_seed(seed)
         model = SuperNet(s.init_channels, classes, s.layers, s.nodes, s.stem_multiplier, s.alpha_init,
-                         in_channels=channels, fused=supernet == "fused").to(device)
+                         in_channels=channels, fused=supernet == "fused",
+                         partial_channels=int(s.pc_k) if method_facts(method).partial_channels else None).to(device)
         states.append(SeedState(model, torch.optim.SGD(model.weight_parameters(), lr=s.lr, momentum=s.momentum),
                                 torch.optim.Adam(model.arch_parameters(), lr=s.arch_lr, betas=tuple(s.arch_betas))))
     bf16 = precision == "bf16"
@@ -193,6 +196,8 @@ def plan_rows(methods: list[str], supernets: list[str], seeds: list[int], precis
     for method in methods:
         for precision in precisions:
             for supernet in supernets:
+                if supernet == "per_edge" and method_facts(method).partial_channels:
+                    continue  # the per-edge reference is DARTS's; PC-DARTS runs in the fused supernet only
                 for S in ([1] if supernet == "per_edge" else seeds):
                     for graph in graphs:
                         if graph == "graph" and (device.type != "cuda" or not method_facts(method).graphable

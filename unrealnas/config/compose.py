@@ -212,6 +212,14 @@ def validate_config(cfg: DictConfig) -> None:
     _check(r.generations >= 1, "search.rlnas.generations", r.generations, "use at least 1 generation")
     _check(0.0 <= r.mutation_prob <= 1.0, "search.rlnas.mutation_prob", r.mutation_prob, "use a probability in [0, 1]")
     _check(len(s.arch_betas) == 2, "search.arch_betas", list(s.arch_betas), "give two betas, e.g. [0.5,0.999]")
+    if s.method == "pcdarts":
+        _check(s.pc_k >= 1 and s.init_channels % s.pc_k == 0, "search.pc_k", s.pc_k,
+               f"use a K >= 1 that divides search.init_channels={s.init_channels} (PC-DARTS: 4)")
+        _check(s.supernet == "fused", "search.supernet", str(s.supernet),
+               "search=pcdarts runs in the fused supernet (the per-edge reference is DARTS's): use search.supernet=fused")
+        # `+search.unrolled=...` slips past the schema; PC-DARTS here is first order only
+        _check("unrolled" not in s, "search.unrolled", s.get("unrolled"),
+               "search=pcdarts is first order only (second-order DARTS with partial channels is not supported): drop it")
     _check(s.recompute == "none" or s.supernet == "fused", "search.recompute", str(s.recompute),
            "recomputation runs in the fused supernet: use search.supernet=fused or search.recompute=none")
     _check(cfg.launcher.local_workers >= 1, "launcher.local_workers", cfg.launcher.local_workers,

@@ -21,6 +21,7 @@ class Method:
     sampled: bool = False  # samples its cell (the random baseline): no iterations, no search data
     second_order: bool = False  # DARTS's unrolled architecture step (finite differences)
     sgas: bool = False  # SGAS: greedy edge decisions by criterion 1 or 2
+    partial_channels: bool = False  # PC-DARTS: 1/search.pc_k of each edge's channels + edge-normalisation betas
     single_path: bool = False  # RLNAS: single-path supernet + evolution (search/rlnas.py), not the DARTS engine
 
     @property
@@ -39,6 +40,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("darts2", "DARTS (2nd order)", second_order=True),
     Method("sgas_c1", "SGAS (Cri.1)", sgas=True),
     Method("sgas_c2", "SGAS (Cri.2)", sgas=True),
+    Method("pcdarts", "PC-DARTS", partial_channels=True),
     Method("rlnas", "RLNAS", single_path=True),
     Method("random", "Random cell", sampled=True),
 )}

@@ -121,7 +121,7 @@ class RLNASConfig:
 
 @dataclass
 class SearchConfig:
-    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | rlnas (single-path supernet + angle evolution) | random (a sampled cell, no search)
+    method: str = "darts"  # darts (first order) | darts2 (second order) | sgas_c1 | sgas_c2 | pcdarts (partial channels + edge normalisation, first order) | rlnas (single-path supernet + angle evolution) | random (a sampled cell, no search)
     layers: int = 8  # cells in the supernet
     init_channels: int = 16  # channels of the first cell
     nodes: int = 4  # intermediate nodes per cell
@@ -149,6 +149,7 @@ class SearchConfig:
     compile: bool = False  # torch.compile the supernet
     supernet: Supernet = Supernet.fused  # fused (edges of one state stacked into one set of kernels) | per_edge (reference)
     cuda_graph: Switch = Switch.auto  # auto (on CUDA, first order) | on | off: replay the whole iteration as one CUDA graph
+    pc_k: int = 4  # search=pcdarts: 1/K of each edge's channels go through its ops, the rest bypass them (PC-DARTS model_search.py MixedOp k=4, CIFAR)
     recompute: Recompute = Recompute.none  # none (keep every activation) | cell (keep cell inputs, recompute each cell in backward: same results, a fraction of the memory)
     checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0 = once per epoch)
     eval_every: int = 1  # full pass over the architecture split every N epochs (0 = last epoch only)

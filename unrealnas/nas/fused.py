@@ -39,6 +39,13 @@ FactorizedReduce convs get S times the groups (a packed conv's weight is already
 still covers the stack, and the weighted op sum is one batched matmul over seeds, (S, slots, rows) @
 (S, rows, N*C*H*W), each seed with its own op weights. Only the FactorizedReduce halves and a cell's
 node concat are reordered per seed (``cat_per_seed``).
+
+PC-DARTS (a cell with ``partial`` = K > 1 or edge betas): the groups above run on the first C/K
+channels of each seed's state (``C_op``), with op weights already multiplied by each edge's
+normalised beta; the other channels bypass the ops (max-pooled 2x2 on stride-2 edges) and are summed
+per node with the betas alone (one einsum per group); a node is then the per-seed channel shuffle
+(K groups) of [mixed part, bypass part]. The shuffle is a fixed permutation, so shuffling the node
+sum equals summing the shuffled edge outputs.
 """
 
 from __future__ import annotations
@@ -250,6 +257,21 @@ class CellPlan:
         return [f.view(self.nodes - g.node0, -1) for f, g in zip(flat, self.groups, strict=True)]
 
 
+    def bypass_coefficients(self, beta: torch.Tensor) -> list[torch.Tensor]:
+        """PC-DARTS: per group the (slots, sources, S, 1) normalised betas ([S,] edges) of the edge from each
+        source to each node it feeds (the weights of the bypassed channels), one gather for the cell type."""
+        b = beta.reshape(-1, beta.shape[-1])  # (S, edges)
+        key = ("bypass", b.device)
+        idx = self.maps.get(key)
+        if idx is None:  # node i's edges start at i(i+3)/2, as SearchCell numbers them; built once (graph capture)
+            rows = [(i * (i + 3)) // 2 + j for g in self.groups for i in range(g.node0, self.nodes) for j in g.sources]
+            idx = self.maps[key] = torch.tensor(rows, dtype=torch.long, device=b.device)
+        flat = b.index_select(1, idx).t()  # (rows, S)
+        sizes = [(self.nodes - g.node0) * len(g.sources) for g in self.groups]
+        return [f.view(self.nodes - g.node0, len(g.sources), b.shape[0], 1)
+                for f, g in zip(flat.split(sizes), self.groups, strict=True)]
+
+
 def make_plan(nodes: int, reduction: bool, n_ops: int) -> CellPlan:
     """The fused layout of a cell: its edges grouped by the state they read."""
     edge_of: dict[tuple[int, int], int] = {}  # (node i, state j) -> edge, numbered as in SearchCell
@@ -334,7 +356,7 @@ def cell_modules(cell: nn.Module, plan: CellPlan, seeds: int = 1) -> CellModules
     cm = plan.modules.get(cell)
     if cm is not None:
         return cm
-    C = cell.C * seeds  # channels per edge block
+    C = cell.C_op * seeds  # channels per edge block (the ops' channels: C/K with partial channels)
     per_group = [[cell.edges[e].ops for e in g.edges] for g in plan.groups]
     kinds = (lambda o: (o[SEP3].op[0].op[1], o[SEP5].op[0].op[1]),
              lambda o: (o[SEP3].op[1].op[1], o[SEP5].op[1].op[1]),
@@ -494,13 +516,17 @@ def _factorized_reduce(xr: torch.Tensor, g: Group, weight: torch.Tensor, seeds: 
 
 
 def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                       coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+                       coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
+                       bypass: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Cell output (concat of the nodes), the math of the per-edge cell (``unrealnas.nas.per_edge``) fused.
 
     ``seeds`` > 1: ``cell`` is a packed cell of S seeds (S*C seed-major channels per tensor, see
     ``SuperNet.pack``), ``coefs`` every seed's (``CellPlan.coefficients`` of (S, edges, ops)); the output
-    concatenates the nodes per seed.
+    concatenates the nodes per seed. ``bypass``: PC-DARTS (``CellPlan.bypass_coefficients`` of the
+    normalised betas), the cell's ops seeing ``cell.C_op`` channels (``coefs`` then hold op weight x beta).
     """
+    if bypass is not None:
+        return _partial_cell_forward(cell, plan, s0, s1, coefs, bn, seeds, bypass)
     cm = cell_modules(cell, plan, seeds)
     inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
     C = cell.C
@@ -518,8 +544,58 @@ def fused_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: to
     return cat_per_seed(states, seeds)
 
 
+def _partial_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
+                          coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int,
+                          bypass: list[torch.Tensor]) -> torch.Tensor:
+    """The PC-DARTS cell (see the module docstring): ops on C/K channels, the rest bypassed, shuffled per node."""
+    cm = cell_modules(cell, plan, seeds)
+    inputs = _preprocess(cell, cm, s0, s1, bn, seeds)
+    C, Cp, S = cell.C, cell.C_op, seeds
+    K = C // Cp
+    weights = cell_weights(cm, Cp, seeds)
+    contrib: list[list[torch.Tensor]] = [[] for _ in range(plan.nodes)]  # (N, S, C, H, W): [mixed | bypass]
+    states: list[torch.Tensor] = []
+
+    def node(i: int) -> torch.Tensor:
+        # the channel shuffle of K groups per seed: channel g*Cp + c of [mixed | bypass] goes to c*K + g
+        total = _sum_parts(contrib[i])
+        n, _, _, h, w = total.shape
+        return total.view(n, S, K, Cp, h, w).transpose(2, 3).reshape(n, S * C, h, w)
+
+    for k, g in enumerate(plan.groups):
+        if k > 0:
+            states.append(node(k - 1))
+        x = inputs if k == 0 else states[-1]
+        n, _, h, w = x.shape
+        src = x.view(n, len(g.sources), S, C, h, w)
+        part = src[:, :, :, :Cp].reshape(n, -1, h, w)  # [source, seed, Cp]: the group's input layout
+        rest = src[:, :, :, Cp:]
+        if g.stride == 2 and C == Cp:  # K = 1: nothing bypasses (an empty tensor of the strided size)
+            rest = rest[..., ::2, ::2]
+        elif g.stride == 2:  # the bypassed channels of a reduction edge: 2x2 max pool (PC-DARTS MixedOp);
+            # ceil_mode: an odd size rounds up as the strided ops do (even sizes: the reference's pool)
+            rest = F.max_pool2d(rest.reshape(n, -1, h, w), 2, 2, ceil_mode=True)
+            rest = rest.view(n, len(g.sources), S, C - Cp, *rest.shape[-2:])
+        out = _group_forward(Cp, g, cm.groups[k], k, part, weights, coefs[k], bn, seeds)  # (N, slots, S, Cp, h', w')
+        # bypass sums per node: (N, 1, sources, S, X) x (slots, sources, S, 1), summed over the sources
+        byp = (rest.flatten(3).unsqueeze(1) * bypass[k].to(rest.dtype)).sum(2)
+        both = torch.cat([out, byp.view(n, plan.nodes - g.node0, S, C - Cp, *rest.shape[-2:])], dim=3)
+        for slot, t in enumerate(both.unbind(1)):
+            contrib[g.node0 + slot].append(t)
+    states.append(node(plan.nodes - 1))
+    return cat_per_seed(states, seeds)
+
+
+def _sum_parts(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    total = parts[0]
+    for t in parts[1:]:
+        total = total + t
+    return total
+
+
 def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor, s1: torch.Tensor,
-                              coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1) -> torch.Tensor:
+                              coefs: list[torch.Tensor], bn: BatchNormStats, seeds: int = 1,
+                              bypass: list[torch.Tensor] | None = None) -> torch.Tensor:
     """``fused_cell_forward`` keeping only its inputs for backward, which runs it again (``search.recompute=cell``).
 
     Exact: the recomputation runs the same kernels on the same inputs and weights (nothing in the
@@ -532,11 +608,14 @@ def checkpointed_cell_forward(cell: nn.Module, plan: CellPlan, s0: torch.Tensor,
 
     def run(a: torch.Tensor, b: torch.Tensor, *c: torch.Tensor) -> torch.Tensor:
         stats = pending.pop() if pending else BatchNormStats(bn.training)  # second call: the recomputation
+        if bypass is not None:  # PC-DARTS: the bypass coefficients ride after the op coefficients
+            return fused_cell_forward(cell, plan, a, b, list(c[:len(coefs)]), stats, seeds, list(c[len(coefs):]))
         return fused_cell_forward(cell, plan, a, b, list(c), stats, seeds)
 
     # non-reentrant: works with torch.autograd.grad (every DARTS order) and checks the recomputed shapes;
     # no RNG state to restore (the supernet draws no random numbers)
-    return checkpoint(run, s0, s1, *coefs, use_reentrant=False, preserve_rng_state=False)
+    extra = () if bypass is None else tuple(bypass)
+    return checkpoint(run, s0, s1, *coefs, *extra, use_reentrant=False, preserve_rng_state=False)
 
 
 def _sum(parts: Sequence[torch.Tensor]) -> torch.Tensor:

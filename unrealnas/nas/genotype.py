@@ -157,6 +157,12 @@ def node_edge_ranges(nodes: int) -> list[range]:
     return out
 
 
+def normalised_betas(beta: torch.Tensor, nodes: int) -> torch.Tensor:
+    """PC-DARTS edge normalisation: softmax of ``beta`` (..., edges) over each node's incoming edges."""
+    parts = [torch.softmax(beta[..., r.start:r.stop], dim=-1) for r in node_edge_ranges(nodes)]
+    return torch.cat(parts, dim=-1)
+
+
 def _as_probs(alpha: torch.Tensor | np.ndarray) -> np.ndarray:
     a = alpha.detach().float().cpu().numpy() if isinstance(alpha, torch.Tensor) else np.asarray(alpha)
     a = a.astype(np.float64)
@@ -205,6 +211,7 @@ def derive_genotype(
     nodes: int = 4,
     fixed: tuple[Sequence[int], Sequence[int]] | None = None,
     edge_rank: Literal["max_op", "importance"] = "max_op",
+    betas: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
 ) -> Genotype:
     """Discretise alphas (edges x ops, raw logits): per node the 2 strongest edges, each its best op.
 
@@ -213,15 +220,24 @@ def derive_genotype(
     on a kept edge is the argmax excluding ``none``. ``fixed`` holds SGAS decisions per cell type
     (normal, reduce): one code per edge, ``UNDECIDED`` (-1), ``NONE_INDEX`` for a pruned edge, or
     the index of the decided op; decided edges are always kept with their op, pruned ones never.
+    ``betas`` (PC-DARTS: raw (edges,) betas per cell type): every edge's op weights are first scaled
+    by its node-normalised beta (``normalised_betas``), so an edge ranks by max op weight x beta (the
+    paper's rule); the op kept on an edge is the same argmax.
     """
     if edge_rank not in ("max_op", "importance"):
         raise ValueError(f"edge_rank must be 'max_op' or 'importance', got {edge_rank!r}")
     fixed_n, fixed_r = (None, None) if fixed is None else fixed
     concat = tuple(range(2, nodes + 2))
+    p_normal, p_reduce = _as_probs(alpha_normal), _as_probs(alpha_reduce)
+    if betas is not None:
+        scales = [normalised_betas(torch.as_tensor(b).detach().cpu().double(), nodes).numpy() for b in betas]
+        if any(sc.shape != (num_edges(nodes),) for sc in scales):
+            raise ValueError(f"betas must have shape ({num_edges(nodes)},), got {[sc.shape for sc in scales]}")
+        p_normal, p_reduce = p_normal * scales[0][:, None], p_reduce * scales[1][:, None]
     return Genotype(
-        normal=_derive_cell(_as_probs(alpha_normal), nodes, fixed_n, edge_rank),
+        normal=_derive_cell(p_normal, nodes, fixed_n, edge_rank),
         normal_concat=concat,
-        reduce=_derive_cell(_as_probs(alpha_reduce), nodes, fixed_r, edge_rank),
+        reduce=_derive_cell(p_reduce, nodes, fixed_r, edge_rank),
         reduce_concat=concat,
     )
 

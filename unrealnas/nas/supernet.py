@@ -13,6 +13,11 @@ Differences from the DARTS reference, on purpose:
   can resume (the reference kept them outside);
 - the ``none`` op is never run: it adds ``w_none * 0``, which changes neither the output nor any
   gradient (alpha_none still gets its gradient through the softmax normalisation);
+- PC-DARTS (``partial_channels`` = K): each edge's ops have C/K channels and read the first C/K
+  channels of their state, the rest bypasses them (max-pooled 2x2 on a stride-2 edge); the two
+  parts are concatenated and channel-shuffled (K groups), and every edge output is scaled by its
+  node's softmax-normalised ``beta`` (edge normalisation). The betas are parameters next to the
+  alphas (``beta_normal``, ``beta_reduce``, one per edge) and enter the genotype's edge ranking;
 - SGAS edge decisions are part of the module (``edge_ops_*`` buffers, mirrored as Python lists
   so that no forward syncs with the device) and enter the fused forward as op-weight rows: a
   decided edge is a one-hot row, a pruned edge a zero row (the per-edge reference branches: a
@@ -38,11 +43,13 @@ from unrealnas.nas.fused import (
     fused_cell_forward,
     make_plan,
 )
-from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, num_edges
+from unrealnas.nas.genotype import UNDECIDED, Genotype, derive_genotype, normalised_betas, num_edges
 from unrealnas.nas.ops import NONE_INDEX, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN, get_op
 from unrealnas.nas.per_edge import mixed_op, per_edge_forward, search_cell
 
 ALPHA_NAMES = ("alpha_normal", "alpha_reduce")
+BETA_NAMES = ("beta_normal", "beta_reduce")  # PC-DARTS edge normalisation (partial_channels set)
+ARCH_NAMES = ALPHA_NAMES + BETA_NAMES
 CELL_TYPES = ("normal", "reduce")
 
 
@@ -70,11 +77,16 @@ class SearchCell(nn.Module):
     """A search cell: two preprocessed inputs, ``nodes`` intermediate nodes, all edges mixed."""
 
     def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool,
-                 reduction_prev: bool) -> None:
+                 reduction_prev: bool, partial: int = 1) -> None:
+        """``partial`` = K: the edges' ops see C/K channels (PC-DARTS; 1 = every channel, DARTS)."""
         super().__init__()
+        if C % partial:
+            raise ValueError(f"{C} channels do not split into {partial} partial-channel groups")
         self.reduction = reduction
         self.nodes = nodes
         self.C = C
+        self.partial = partial
+        self.C_op = C // partial  # channels each candidate op sees
         if reduction_prev:
             self.preprocess0: nn.Module = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -84,7 +96,7 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(i + 2):
                 # Only edges from the two cell inputs stride in a reduction cell.
-                self.edges.append(MixedOp(C, 2 if reduction and j < 2 else 1))
+                self.edges.append(MixedOp(self.C_op, 2 if reduction and j < 2 else 1))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: Sequence[Sequence[torch.Tensor]],
                 edge_ops: Sequence[int]) -> torch.Tensor:
@@ -118,20 +130,28 @@ class SuperNet(nn.Module):
     def __init__(self, C: int, num_classes: int, layers: int, nodes: int = 4, stem_multiplier: int = 3,
                  alpha_init: Literal["zeros", "randn"] = "zeros", in_channels: int = 3,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 fused: bool = True, seeds: int = 1) -> None:
-        """``fused``: the fused engine (default); False: the per-edge reference (one seed only)."""
+                 fused: bool = True, seeds: int = 1, partial_channels: int | None = None) -> None:
+        """``fused``: the fused engine (default); False: the per-edge reference (one seed only).
+
+        ``partial_channels`` = K: PC-DARTS (1/K of each edge's channels through its ops, edge
+        normalisation betas); None: DARTS.
+        """
         super().__init__()
         if alpha_init not in ("zeros", "randn"):
             raise ValueError(f"alpha_init must be 'zeros' or 'randn', got {alpha_init!r}")
         if seeds < 1 or (seeds > 1 and not fused):
             raise ValueError(f"seeds={seeds}: one or more, and the per-edge reference runs one seed")
+        if partial_channels is not None and (partial_channels < 1 or not fused):
+            raise ValueError(f"partial_channels={partial_channels}: K >= 1, in the fused supernet (the per-edge "
+                             "reference is DARTS's)")
         if seeds > 1:
-            nets = [SuperNet(C, num_classes, layers, nodes, stem_multiplier, alpha_init, in_channels, criterion)
-                    for _ in range(seeds)]
+            nets = [SuperNet(C, num_classes, layers, nodes, stem_multiplier, alpha_init, in_channels, criterion,
+                             partial_channels=partial_channels) for _ in range(seeds)]
             self.__dict__.update(SuperNet.pack(nets).__dict__)
             return
         self.C, self.num_classes, self.layers, self.nodes = C, num_classes, layers, nodes
         self.seeds, self.stacked = 1, False
+        self.partial_channels = partial_channels
         self.criterion = criterion if criterion is not None else nn.CrossEntropyLoss()
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
@@ -145,7 +165,8 @@ class SuperNet(nn.Module):
             reduction = i in (layers // 3, 2 * layers // 3)
             if reduction:
                 C_curr *= 2
-            self.cells.append(SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev))
+            self.cells.append(SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev,
+                                         partial_channels or 1))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -156,6 +177,10 @@ class SuperNet(nn.Module):
         for name in ALPHA_NAMES:
             init = torch.zeros(k, n_ops) if alpha_init == "zeros" else 1e-3 * torch.randn(k, n_ops)
             self.register_parameter(name, nn.Parameter(init))
+        if partial_channels is not None:  # drawn after the alphas: DARTS's draws are unchanged
+            for name in BETA_NAMES:  # PC-DARTS: 1e-3 randn (model_search.py); zeros = uniform, as the alphas
+                self.register_parameter(name, nn.Parameter(torch.zeros(k) if alpha_init == "zeros"
+                                                           else 1e-3 * torch.randn(k)))
         for cell_type in CELL_TYPES:
             self.register_buffer(f"edge_ops_{cell_type}", torch.full((k,), UNDECIDED, dtype=torch.long))
         self._finish_init(fused)
@@ -196,11 +221,12 @@ class SuperNet(nn.Module):
         nn.Module.__init__(out)
         out.C, out.num_classes, out.layers, out.nodes = ref.C, ref.num_classes, ref.layers, ref.nodes
         out.seeds, out.stacked, out.criterion = S, True, ref.criterion
+        out.partial_channels = ref.partial_channels
         body = copy.deepcopy(ref)
         _pack_children(body, nets)
         out.stem, out.cells, out.global_pooling, out.classifier = body.stem, body.cells, body.global_pooling, \
             body.classifier
-        for name in ALPHA_NAMES:
+        for name in ALPHA_NAMES + (BETA_NAMES if ref.partial_channels is not None else ()):
             out.register_parameter(name, nn.Parameter(torch.stack([getattr(n, name).detach() for n in nets])))
         for t in CELL_TYPES:
             out.register_buffer(f"edge_ops_{t}", torch.stack([getattr(n, f"edge_ops_{t}") for n in nets]))
@@ -210,12 +236,15 @@ class SuperNet(nn.Module):
     # ------------------------------------------------------------------ parameters
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture weights ``[alpha_normal, alpha_reduce]`` (each [seeds x] edges x ops)."""
+        """The architecture weights ``[alpha_normal, alpha_reduce]`` (each [seeds x] edges x ops), then
+        with PC-DARTS ``[beta_normal, beta_reduce]`` (each [seeds x] edges)."""
+        if self.partial_channels is not None:
+            return [self.alpha_normal, self.alpha_reduce, self.beta_normal, self.beta_reduce]
         return [self.alpha_normal, self.alpha_reduce]
 
     def named_weight_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) for every network weight, i.e. everything but the alphas."""
-        return ((n, p) for n, p in self.named_parameters() if n not in ALPHA_NAMES)
+        """(name, parameter) for every network weight, i.e. everything but the alphas (and betas)."""
+        return ((n, p) for n, p in self.named_parameters() if n not in ARCH_NAMES)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every network weight (the weight optimizer's parameters), i.e. everything but the alphas."""
@@ -257,6 +286,14 @@ class SuperNet(nn.Module):
     def alpha_softmax(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Softmax over ops of (alpha_normal, alpha_reduce), in fp32."""
         return F.softmax(self.alpha_normal.float(), dim=-1), F.softmax(self.alpha_reduce.float(), dim=-1)
+
+    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """PC-DARTS: ([seeds,] edges) betas softmax-normalised over each node's incoming edges, in fp32;
+        None without partial channels."""
+        if self.partial_channels is None:
+            return None
+        return (normalised_betas(self.beta_normal.float(), self.nodes),
+                normalised_betas(self.beta_reduce.float(), self.nodes))
 
     def op_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """([seeds,] edges, ops) weights of every op: softmax(alpha), or the SGAS row (one-hot if decided,
@@ -313,8 +350,17 @@ class SuperNet(nn.Module):
         # running statistics of every fused edge (and the stem's) are written once, after the last
         # cell: an in-place update while the forward still holds them for backward would invalidate
         # them when the buffers are views of one tensor (the engine's flat buffers).
+        betas = self.edge_weights()
+        if betas is not None:
+            # PC-DARTS: an edge's output is beta_e * shuffle(cat(mixed op, bypass)); the shuffle is linear,
+            # so the mixed part's op weights become w[e, op] * beta_e (the same matmul) and the bypass
+            # gets beta_e alone (fused_cell_forward)
+            betas = tuple(b.to(w.dtype) for b, w in zip(betas, weights, strict=True))
+            weights = (weights[0] * betas[0].unsqueeze(-1), weights[1] * betas[1].unsqueeze(-1))
         coefs = {t: self._plans[t].coefficients(w, self.training) for t, w in zip(CELL_TYPES, weights, strict=True)
                  if any(c.reduction == (t == "reduce") for c in self.cells)}
+        bypass = None if betas is None else {t: self._plans[t].bypass_coefficients(b) for t, b in
+                                             zip(CELL_TYPES, betas, strict=True) if t in coefs}
         bn = BatchNormStats(self.training)
         conv, norm = self.stem
         s0 = s1 = bn.normalize(conv(x), [[norm]], affine=norm)
@@ -326,7 +372,8 @@ class SuperNet(nn.Module):
                         else fused_cell_forward)
         for cell in self.cells:
             t = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds)
+            s0, s1 = s1, cell_forward(cell, self._plans[t], s0, s1, coefs[t], bn, self.seeds,
+                                      None if bypass is None else bypass[t])
         bn.flush()
         return s1
 
@@ -339,8 +386,9 @@ class SuperNet(nn.Module):
         if self.stacked:
             raise ValueError("a stacked supernet has one genotype per seed: derive them from each seed's alphas")
         fixed = (self._edge_ops["normal"], self._edge_ops["reduce"]) if self.decided() else None
+        betas = None if self.partial_channels is None else (self.beta_normal, self.beta_reduce)
         return derive_genotype(self.alpha_normal, self.alpha_reduce, self.nodes, fixed=fixed,
-                               edge_rank=edge_rank)
+                               edge_rank=edge_rank, betas=betas)
 
 
 def seed_slice(t: torch.Tensor, seeds: int, s: int, shape: torch.Size) -> torch.Tensor:

@@ -151,8 +151,9 @@ def seed_memory(s: DictConfig, num_classes: int, channels: int, side: int) -> Se
 def _seed_memory(key: str) -> dict[str, Any]:
     s, num_classes, channels, side = json.loads(key)
     torch.manual_seed(0)
+    pc = method_facts(s.get("method", "darts")).partial_channels  # PC-DARTS: its own, smaller supernet
     net = SuperNet(s["init_channels"], num_classes, s["layers"], s["nodes"], s["stem_multiplier"],
-                   in_channels=channels)
+                   in_channels=channels, partial_channels=int(s.get("pc_k", 4)) if pc else None)
     net.recompute = s.get("recompute", "none")
     n_params = sum(p.numel() for p in net.parameters())
     kept, peaks = [], []

@@ -68,6 +68,8 @@ def search_run_id(cfg: DictConfig) -> str:
     s = OmegaConf.to_container(cfg.search, resolve=True)
     for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph", "recompute"):
         s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
+    if not method_facts(cfg.search.method).partial_channels:
+        s.pop("pc_k", None)  # read by pcdarts only: the other methods keep the ids they had before the key
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
@@ -169,7 +171,8 @@ class SearchRun:
         torch.manual_seed(int(cfg.seed))  # weight init is a function of the seed
         self.model = SuperNet(s.init_channels, self.num_classes, s.layers, s.nodes,
                               s.stem_multiplier, s.alpha_init, in_channels=int(self.manifest["shape"][2]),
-                              fused=s.supernet == "fused")
+                              fused=s.supernet == "fused",
+                              partial_channels=int(s.pc_k) if method_facts(s.method).partial_channels else None)
         self.model.to(self.device)
         self.channels_last = use_channels_last(self.device, s.channels_last)
         # the seed's optimizers: the checkpoint's layout and the engine's starting point
@@ -359,6 +362,10 @@ def finish(run: SearchRun, started: float) -> None:
         "epochs": run.total_epochs, "genotype": GENOTYPE_FILE, "genotype_json": genotype.to_json(),
         "alphas": {"normal": run.model.alpha_normal.detach().cpu().tolist(),
                    "reduce": run.model.alpha_reduce.detach().cpu().tolist()},
+        # PC-DARTS: the raw edge betas beside the alphas (softmax over each node's edges normalises them)
+        **({"betas": {"normal": run.model.beta_normal.detach().cpu().tolist(),
+                      "reduce": run.model.beta_reduce.detach().cpu().tolist()}}
+           if run.model.partial_channels is not None else {}),
         "hparams": run.hparams, "device": str(run.device), "precision": run.precision, **run.engine_record,
     }
     if run.sgas is not None:

@@ -22,7 +22,7 @@ def test_search_help_lists_its_groups_and_keys_only(capsys):
     assert cli.main(["search", "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: unrealnas search")
-    assert "  search       darts, darts2, random, rlnas, sgas_c1, sgas_c2" in out
+    assert "  search       darts, darts2, pcdarts, random, rlnas, sgas_c1, sgas_c2" in out
     assert "search=rlnas: a single-path supernet on random labels, then an evolution by weight angle" in out
     assert "search.arch_lr" in out and "# Adam learning rate of the alphas" in out
     assert "train.epochs" not in out and "  launcher" not in out

@@ -59,9 +59,9 @@ def test_the_method_table_answers_every_stage():
     from unrealnas.launch.packing import pack_search_tasks
     from unrealnas.search.graphs import graph_off_reason
 
-    assert tuple(METHODS) == ("darts", "darts2", "sgas_c1", "sgas_c2", "rlnas", "random") and SAMPLED_METHODS == ("random",)
-    assert [m for m in METHODS if METHODS[m].graphable] == ["darts", "sgas_c1", "sgas_c2"]
-    assert [m for m in METHODS if METHODS[m].packable] == ["darts", "darts2", "sgas_c1", "sgas_c2"]
+    assert tuple(METHODS) == ("darts", "darts2", "sgas_c1", "sgas_c2", "pcdarts", "rlnas", "random") and SAMPLED_METHODS == ("random",)
+    assert [m for m in METHODS if METHODS[m].graphable] == ["darts", "sgas_c1", "sgas_c2", "pcdarts"]
+    assert [m for m in METHODS if METHODS[m].packable] == ["darts", "darts2", "sgas_c1", "sgas_c2", "pcdarts"]
     with pytest.raises(ConfigError, match="search.method='nope': choose one of darts, darts2"):
         method("nope")
     gpu = torch.device("cuda", 0)
@@ -69,6 +69,7 @@ def test_the_method_table_answers_every_stage():
     dirs = [Path(f"/r/{s}") for s in range(3)]
     assert len(pack_search_tasks(["search=random"], [0, 1, 2], dirs, "g", 5, "random")) == 3  # never packed
     assert len(pack_search_tasks(["search=darts2"], [0, 1, 2], dirs, "g", 5, "darts2")) == 1
+    assert len(pack_search_tasks(["search=pcdarts"], [0, 1, 2], dirs, "g", 5, "pcdarts")) == 1  # packed like darts
     assert len(pack_search_tasks(["search=rlnas"], [0, 1, 2], dirs, "g", 5, "rlnas")) == 3  # its own loop: never packed
 
 

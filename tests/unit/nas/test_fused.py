@@ -196,7 +196,8 @@ def test_forward_is_vmap_compatible_with_per_seed_buffers(fused_engine):
             assert_rel_close(buffers[k][i], v, 1e-5, k)
 
 
-@pytest.mark.parametrize(("method", "seeds", "limit"), [("darts", 1, 6_100), ("darts2", 1, 13_000)])
+@pytest.mark.parametrize(("method", "seeds", "limit"), [("darts", 1, 6_100), ("darts2", 1, 13_000),
+                                                     ("pcdarts", 1, 7_300), ("pcdarts", 5, 8_000)])
 def test_engine_iteration_on_paper_supernet_dispatches_at_most(method, seeds, limit):
     """The paper supernet (8 cells, 16 channels): one engine iteration's aten ops (issue 18's numbers)."""
     from unrealnas.benchmarks.search import build_engine_bench

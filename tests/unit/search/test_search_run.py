@@ -140,8 +140,8 @@ def test_corrupt_or_foreign_checkpoint_is_refused_and_kept(tmp_path):
 def test_cli_errors_are_one_line(tmp_path):
     base = [sys.executable, "-m", "unrealnas"]
     cases = [
-        (["search", "search.method=enas"], "darts, darts2, sgas_c1, sgas_c2, rlnas, random"),
-        (["search", "search=enas"], "available: darts, darts2, random, rlnas, sgas_c1, sgas_c2"),
+        (["search", "search.method=enas"], "darts, darts2, sgas_c1, sgas_c2, pcdarts, rlnas, random"),
+        (["search", "search=enas"], "available: darts, darts2, pcdarts, random, rlnas, sgas_c1, sgas_c2"),
         (["verify", str(tmp_path / "missing")], "does not exist"),
         (["generate", "data=rlrd", "preset=smoke", f"paths.data={tmp_path}", f"data.root={tmp_path}"],
          "cifar-10-batches-py"),
