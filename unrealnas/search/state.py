@@ -68,8 +68,13 @@ def search_run_id(cfg: DictConfig) -> str:
     s = OmegaConf.to_container(cfg.search, resolve=True)
     for k in ("checkpoint_every", "eval_every", "compile", "supernet", "cuda_graph", "recompute"):
         s.pop(k, None)  # bookkeeping or engine only: same search, same id (old runs resume fused)
-    if not method_facts(cfg.search.method).partial_channels:
-        s.pop("pc_k", None)  # read by pcdarts only: the other methods keep the ids they had before the key
+    facts = method_facts(cfg.search.method)
+    # Keys read by one method only: the other methods keep the ids they had before the key (a run id is
+    # a file contract: a changed id would restart every unfinished search from scratch)
+    if not facts.partial_channels:
+        s.pop("pc_k", None)
+    if not facts.single_path:
+        s.pop("rlnas", None)
     key = json.dumps([s, dataset_dir(cfg).name, int(cfg.seed)], sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:8]
     d = cfg.data
